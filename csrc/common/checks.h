@@ -1,0 +1,180 @@
+// Argument validation and output-shape arithmetic shared by the CPU and CUDA kernels. Every message
+// names the offending argument, so that a bad call from Python or torch.ops.fastcnn.* reads clearly.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/irange.h>
+
+#include <optional>
+
+namespace fastcnn {
+
+// Dtypes a device's kernels are compiled for: fp32/fp64 everywhere, fp16/bf16 on CUDA only.
+inline void check_floating(const at::Tensor& t, const char* name, bool allow_reduced) {
+  const auto dt = t.scalar_type();
+  const bool ok = dt == at::kFloat || dt == at::kDouble ||
+                  (allow_reduced && (dt == at::kHalf || dt == at::kBFloat16));
+  TORCH_CHECK(ok, "fastcnn: ", name, " must be ",
+              allow_reduced ? "float32, float64, float16 or bfloat16" : "float32 or float64 on the CPU",
+              ", got ", dt);
+}
+
+inline void check_same_dtype_device(const at::Tensor& t, const at::Tensor& ref, const char* name,
+                                    const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), "fastcnn: ", name, " is on ", t.device(), " but ", ref_name,
+              " is on ", ref.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "fastcnn: ", name, " has dtype ", t.scalar_type(),
+              " but ", ref_name, " has dtype ", ref.scalar_type());
+}
+
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* layout) {
+  TORCH_CHECK(t.dim() == dim, "fastcnn: ", name, " must be a ", dim, "-D tensor (", layout, "), got ",
+              t.dim(), "-D with shape ", t.sizes());
+}
+
+inline void check_pair(at::IntArrayRef v, const char* name) {
+  TORCH_CHECK(v.size() == 2, "fastcnn: ", name, " must have 2 elements, got ", v.size());
+}
+
+inline void check_positive_pair(at::IntArrayRef v, const char* name) {
+  check_pair(v, name);
+  TORCH_CHECK(v[0] > 0 && v[1] > 0, "fastcnn: ", name, " must be positive, got ", v);
+}
+
+inline void check_nonnegative_pair(at::IntArrayRef v, const char* name) {
+  check_pair(v, name);
+  TORCH_CHECK(v[0] >= 0 && v[1] >= 0, "fastcnn: ", name, " must be non-negative, got ", v);
+}
+
+// floor((in + 2p - d(k-1) - 1) / s) + 1, the convolution output extent.
+inline int64_t conv_output_extent(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  return (in + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1;
+}
+
+// Pooling output extent with PyTorch's ceil_mode rule: the last window must start inside the input or
+// the left padding, never entirely in the right padding.
+inline int64_t pool_output_extent(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation,
+                                  bool ceil_mode) {
+  const int64_t span = in + 2 * pad - dilation * (kernel - 1) - 1;
+  int64_t out = (span + (ceil_mode ? stride - 1 : 0)) / stride + 1;
+  if (ceil_mode && (out - 1) * stride >= in + pad) --out;
+  return out;
+}
+
+struct Conv2dShape {
+  int64_t batch, in_channels, in_h, in_w;
+  int64_t out_channels, kernel_h, kernel_w;
+  int64_t out_h, out_w;
+  int64_t groups;
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+};
+
+// Validates a conv2d call and returns its geometry. `allow_reduced` is true on CUDA.
+inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                bool allow_reduced) {
+  check_dim(input, 4, "input", "N, C, H, W");
+  check_dim(weight, 4, "weight", "out_channels, in_channels/groups, kH, kW");
+  check_floating(input, "input", allow_reduced);
+  check_same_dtype_device(weight, input, "weight", "input");
+  check_positive_pair(stride, "stride");
+  check_nonnegative_pair(padding, "padding");
+  check_positive_pair(dilation, "dilation");
+  TORCH_CHECK(groups > 0, "fastcnn: groups must be positive, got ", groups);
+  Conv2dShape s{};
+  s.batch = input.size(0);
+  s.in_channels = input.size(1);
+  s.in_h = input.size(2);
+  s.in_w = input.size(3);
+  s.out_channels = weight.size(0);
+  s.kernel_h = weight.size(2);
+  s.kernel_w = weight.size(3);
+  s.groups = groups;
+  TORCH_CHECK(s.batch > 0, "fastcnn: input has an empty batch (shape ", input.sizes(), ")");
+  TORCH_CHECK(s.kernel_h > 0 && s.kernel_w > 0 && weight.size(1) > 0,
+              "fastcnn: weight must have a non-empty kernel, got shape ", weight.sizes());
+  TORCH_CHECK(s.in_channels % groups == 0, "fastcnn: input channels (", s.in_channels,
+              ") must be divisible by groups (", groups, ")");
+  TORCH_CHECK(s.out_channels % groups == 0 && s.out_channels > 0, "fastcnn: weight's out_channels (",
+              s.out_channels, ") must be a positive multiple of groups (", groups, ")");
+  TORCH_CHECK(weight.size(1) * groups == s.in_channels, "fastcnn: input has ", s.in_channels,
+              " channels but weight expects in_channels/groups * groups = ", weight.size(1), " * ", groups, " = ",
+              weight.size(1) * groups);
+  s.stride_h = stride[0];
+  s.stride_w = stride[1];
+  s.pad_h = padding[0];
+  s.pad_w = padding[1];
+  s.dilation_h = dilation[0];
+  s.dilation_w = dilation[1];
+  s.out_h = conv_output_extent(s.in_h, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h);
+  s.out_w = conv_output_extent(s.in_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w);
+  TORCH_CHECK(s.out_h > 0 && s.out_w > 0, "fastcnn: conv2d output size would be ", s.out_h, "x", s.out_w,
+              " (input ", s.in_h, "x", s.in_w, ", kernel ", s.kernel_h, "x", s.kernel_w, ", padding ", padding,
+              ", dilation ", dilation, ", stride ", stride, "); it must be at least 1x1");
+  if (bias.has_value() && bias->defined()) {
+    check_same_dtype_device(*bias, input, "bias", "input");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.out_channels, "fastcnn: bias must have shape [",
+                s.out_channels, "], got ", bias->sizes());
+  }
+  return s;
+}
+
+// A residual added before the activation must match the output exactly (no broadcasting).
+inline void check_residual(const std::optional<at::Tensor>& residual, const at::Tensor& input,
+                           at::IntArrayRef out_sizes) {
+  if (!residual.has_value() || !residual->defined()) return;
+  check_same_dtype_device(*residual, input, "residual", "input");
+  TORCH_CHECK(residual->sizes() == out_sizes, "fastcnn: residual must have the output's shape ", out_sizes,
+              ", got ", residual->sizes());
+}
+
+// Output memory format follows the input's, as PyTorch's own conv and pooling do.
+inline at::MemoryFormat output_memory_format(const at::Tensor& input) {
+  return input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
+                                                                          : at::MemoryFormat::Contiguous;
+}
+
+struct Pool2dShape {
+  int64_t batch, channels, in_h, in_w, out_h, out_w;
+  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+};
+
+// Validates max/avg pooling arguments (dilation is {1, 1} for avg pooling) and returns the geometry.
+inline Pool2dShape check_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode,
+                                bool allow_reduced) {
+  check_dim(input, 4, "input", "N, C, H, W");
+  check_floating(input, "input", allow_reduced);
+  check_positive_pair(kernel_size, "kernel_size");
+  check_positive_pair(stride, "stride");
+  check_nonnegative_pair(padding, "padding");
+  check_positive_pair(dilation, "dilation");
+  TORCH_CHECK(input.size(0) > 0, "fastcnn: input has an empty batch (shape ", input.sizes(), ")");
+  TORCH_CHECK(input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0,
+              "fastcnn: input must have non-zero channels and spatial size, got shape ", input.sizes());
+  TORCH_CHECK(padding[0] * 2 <= kernel_size[0] && padding[1] * 2 <= kernel_size[1],
+              "fastcnn: padding ", padding, " must be at most half of kernel_size ", kernel_size);
+  Pool2dShape s{};
+  s.batch = input.size(0);
+  s.channels = input.size(1);
+  s.in_h = input.size(2);
+  s.in_w = input.size(3);
+  s.kernel_h = kernel_size[0];
+  s.kernel_w = kernel_size[1];
+  s.stride_h = stride[0];
+  s.stride_w = stride[1];
+  s.pad_h = padding[0];
+  s.pad_w = padding[1];
+  s.dilation_h = dilation[0];
+  s.dilation_w = dilation[1];
+  s.out_h = pool_output_extent(s.in_h, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, ceil_mode);
+  s.out_w = pool_output_extent(s.in_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w, ceil_mode);
+  TORCH_CHECK(s.out_h > 0 && s.out_w > 0, "fastcnn: pooling output size would be ", s.out_h, "x", s.out_w,
+              " (input ", s.in_h, "x", s.in_w, ", kernel_size ", kernel_size, ", padding ", padding,
+              ", dilation ", dilation, "); it must be at least 1x1");
+  return s;
+}
+
+}  // namespace fastcnn

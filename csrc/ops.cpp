@@ -1,0 +1,47 @@
+// fastcnn operator schemas. Every op is declared here once; CPU kernels register in csrc/cpu/<op>.cpp,
+// CUDA kernels in csrc/cuda/<op>.cu, autograd and fake (meta) kernels in fastcnn/ops.py.
+//
+// `activation` is an int code shared by every fused epilogue: 0 none, 1 relu, 2 sigmoid, 3 tanh
+// (see csrc/common/activation.h). Backward ops return a zero-element tensor for each gradient whose
+// output_mask entry is false, so that every schema returns plain Tensors.
+#include <Python.h>
+#include <torch/library.h>
+
+// Importing fastcnn._C from Python registers the ops; the module itself holds no functions.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastcnn, m) {
+  m.def(
+      "conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
+      "int groups, int activation, Tensor? residual) -> Tensor");
+  m.def(
+      "conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor? output, int[2] stride, "
+      "int[2] padding, int[2] dilation, int groups, int activation, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("linear(Tensor input, Tensor weight, Tensor? bias, int activation) -> Tensor");
+  m.def(
+      "linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor? output, int activation, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+      "bool ceil_mode) -> (Tensor, Tensor)");
+  m.def("max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices) -> Tensor");
+  m.def(
+      "avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "
+      "bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def(
+      "avg_pool2d_backward(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
+      "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
+  m.def("relu(Tensor input) -> Tensor");
+  m.def("sigmoid(Tensor input) -> Tensor");
+  m.def("tanh(Tensor input) -> Tensor");
+  m.def("add(Tensor input, Tensor other, int activation) -> Tensor");
+  m.def("activation_backward(Tensor grad_output, Tensor output, int activation) -> Tensor");
+}
