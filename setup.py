@@ -10,7 +10,12 @@ import glob
 import os
 
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+# torch guesses /usr/local when nvcc is not on PATH; point it at the usual toolkit before it looks.
+if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -21,7 +26,7 @@ def _want_cuda() -> bool:
         if forced == "1" and CUDA_HOME is None:
             raise RuntimeError("FASTCNN_CUDA=1 but no CUDA toolkit was found; set CUDA_HOME=/usr/local/cuda")
         return forced == "1"
-    return CUDA_HOME is not None
+    return CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
 
 
 def _extension():

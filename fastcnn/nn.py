@@ -1,1 +1,160 @@
+"""fastcnn layers as ``torch.nn`` modules.
 
+Each class subclasses its ``torch.nn`` counterpart, so constructor arguments, parameter initialisation,
+``state_dict`` keys and ``isinstance`` checks are exactly PyTorch's; only ``forward`` changes, to run
+fastcnn's kernels. A state_dict saved from ``torch.nn`` loads into ``fastcnn.nn`` and back unchanged.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+
+__all__ = [
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
+    "Conv2d",
+    "Flatten",
+    "Linear",
+    "MaxPool2d",
+    "ReLU",
+    "ResidualAdd",
+    "Sigmoid",
+    "Tanh",
+]
+
+
+class Conv2d(nn.Conv2d):
+    """:class:`torch.nn.Conv2d` on fastcnn kernels, with an optional fused activation.
+
+    Extra argument ``activation`` (None, "relu", "sigmoid", "tanh") is applied in the conv's epilogue.
+    ``forward(x, residual=None)`` also takes a residual added before the activation. padding_mode
+    "zeros" is native; "reflect", "replicate" and "circular" pad the input first, as torch.nn does.
+    """
+
+    def __init__(self, *args, activation: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        ops.activation_code(activation)  # validate early: a typo should fail at construction
+        self.activation = activation
+
+    def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        else:
+            padding = self.padding
+        return ops.conv2d(
+            input,
+            self.weight,
+            self.bias,
+            self.stride,
+            padding,
+            self.dilation,
+            self.groups,
+            activation=self.activation,
+            residual=residual,
+        )
+
+    def extra_repr(self) -> str:
+        extra = super().extra_repr()
+        return f"{extra}, activation={self.activation!r}" if self.activation else extra
+
+
+class Linear(nn.Linear):
+    """:class:`torch.nn.Linear` on fastcnn kernels, with an optional fused ``activation``."""
+
+    def __init__(self, *args, activation: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        ops.activation_code(activation)
+        self.activation = activation
+
+    def forward(self, input: Tensor) -> Tensor:
+        return ops.linear(input, self.weight, self.bias, activation=self.activation)
+
+    def extra_repr(self) -> str:
+        extra = super().extra_repr()
+        return f"{extra}, activation={self.activation!r}" if self.activation else extra
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """:class:`torch.nn.MaxPool2d` on fastcnn kernels."""
+
+    def forward(self, input: Tensor):
+        return ops.max_pool2d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            ceil_mode=self.ceil_mode,
+            return_indices=self.return_indices,
+        )
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """:class:`torch.nn.AvgPool2d` on fastcnn kernels."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return ops.avg_pool2d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            self.divisor_override,
+        )
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """:class:`torch.nn.AdaptiveAvgPool2d` on fastcnn kernels."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return ops.adaptive_avg_pool2d(input, self.output_size)
+
+
+class ReLU(nn.ReLU):
+    """:class:`torch.nn.ReLU` on fastcnn kernels. ``inplace=True`` is accepted but the output is always
+    a new tensor (the input is left untouched), which is always a correct substitute."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return ops.relu(input)
+
+
+class Sigmoid(nn.Sigmoid):
+    """:class:`torch.nn.Sigmoid` on fastcnn kernels."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return ops.sigmoid(input)
+
+
+class Tanh(nn.Tanh):
+    """:class:`torch.nn.Tanh` on fastcnn kernels."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return ops.tanh(input)
+
+
+class Flatten(nn.Flatten):
+    """:class:`torch.nn.Flatten`. Flattening is a view, so no kernel runs; it is here so a model can be
+    built from ``fastcnn.nn`` alone."""
+
+
+class ResidualAdd(nn.Module):
+    """The residual join of a ResNet block: ``forward(x, identity) = act(x + identity)`` in one pass.
+
+    ``activation`` is None, "relu", "sigmoid" or "tanh" (ResNet uses "relu").
+    """
+
+    def __init__(self, activation: str | None = None) -> None:
+        super().__init__()
+        ops.activation_code(activation)
+        self.activation = activation
+
+    def forward(self, input: Tensor, identity: Tensor) -> Tensor:
+        return ops.add(input, identity, activation=self.activation)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"

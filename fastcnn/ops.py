@@ -1,1 +1,504 @@
+"""Functional fastcnn ops: the Python face of ``torch.ops.fastcnn.*``.
 
+Signatures mirror ``torch.nn.functional``. Each op runs fastcnn's own CPU or CUDA kernel, differentiates
+through fastcnn's backward kernels (registered with ``torch.library.register_autograd``) and has a fake
+(shape-only) kernel, so models built from these ops run under ``torch.compile(fullgraph=True)``.
+
+The conv and linear ops take a fused epilogue: ``activation`` ("relu", "sigmoid", "tanh" or None) and,
+for conv2d, a ``residual`` tensor added before the activation, all applied in the pass that writes the
+output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch._prims_common import suggest_memory_format
+
+__all__ = [
+    "ACTIVATIONS",
+    "adaptive_avg_pool2d",
+    "add",
+    "avg_pool2d",
+    "conv2d",
+    "linear",
+    "max_pool2d",
+    "relu",
+    "sigmoid",
+    "tanh",
+]
+
+#: Activation names accepted by the fused ops, and the code the C++ kernels use for each.
+ACTIVATIONS: dict[str | None, int] = {None: 0, "none": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+
+IntPair = int | Sequence[int]
+
+_ops = torch.ops.fastcnn
+
+
+def activation_code(activation: str | None) -> int:
+    """The kernel code of an activation name; raises ValueError naming the accepted names."""
+    if isinstance(activation, str):
+        activation = activation.lower()
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of None, 'relu', 'sigmoid', 'tanh'; got {activation!r}")
+    return ACTIVATIONS[activation]
+
+
+def _pair(value: IntPair, name: str) -> list[int]:
+    if isinstance(value, int):
+        return [value, value]
+    values = list(value)
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(isinstance(v, int) for v in values):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return values
+
+
+def _check_tensor(t: Tensor, name: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _batched(input: Tensor, name: str = "input") -> bool:
+    """True when input is 4-D; False for an unbatched 3-D input; ValueError otherwise."""
+    _check_tensor(input, name)
+    if input.dim() not in (3, 4):
+        raise ValueError(
+            f"{name} must be 4-D (N, C, H, W) or unbatched 3-D (C, H, W), got shape {tuple(input.shape)}"
+        )
+    return input.dim() == 4
+
+
+def _empty_like_format(input: Tensor, shape: Sequence[int], dtype: torch.dtype | None = None) -> Tensor:
+    """An empty tensor of `shape` in input's memory format, as the C++ kernels allocate it."""
+    out = input.new_empty(shape, dtype=dtype or input.dtype)
+    if input.dim() == 4 and suggest_memory_format(input) == torch.channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def _conv_extent(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _pool_extent(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# conv2d
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _resolve_padding(
+    input: Tensor, weight: Tensor, padding: str | IntPair, stride: list[int], dilation: list[int]
+) -> tuple[Tensor, list[int]]:
+    """Turns F.conv2d's padding forms into symmetric padding, pre-padding the input for an odd "same"."""
+    if not isinstance(padding, str):
+        return input, _pair(padding, "padding")
+    if padding == "valid":
+        return input, [0, 0]
+    if padding != "same":
+        raise ValueError(f"padding must be an int, a pair, 'same' or 'valid'; got {padding!r}")
+    if stride != [1, 1]:
+        raise ValueError("padding='same' is not supported for strided convolutions (stride must be 1)")
+    symmetric, extra = [], []
+    for dim, d in zip((2, 3), dilation, strict=True):
+        total = d * (weight.shape[dim] - 1)
+        symmetric.append(total // 2)
+        extra.append(total - 2 * (total // 2))
+    if any(extra):
+        # An even kernel needs one more row/column on the far side, as PyTorch does it.
+        input = F.pad(input, [0, extra[1], 0, extra[0]])
+    return input, symmetric
+
+
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntPair = 1,
+    padding: str | IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    *,
+    activation: str | None = None,
+    residual: Tensor | None = None,
+) -> Tensor:
+    """2-D convolution with a fused epilogue: ``act(conv2d(input, weight) + bias + residual)``.
+
+    Arguments follow :func:`torch.nn.functional.conv2d` (``padding`` may be an int, a pair, "same" or
+    "valid"; ``groups == in_channels`` is a depthwise conv). ``activation`` is None, "relu", "sigmoid" or
+    "tanh"; ``residual`` must have the output's shape. Input may be 4-D or unbatched 3-D, NCHW or
+    channels_last; the output follows the input's memory format.
+    """
+    batched = _batched(input)
+    _check_tensor(weight, "weight")
+    code = activation_code(activation)
+    stride_, dilation_ = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if not batched:
+        input = input.unsqueeze(0)
+        residual = residual.unsqueeze(0) if residual is not None and residual.dim() == 3 else residual
+    input, padding_ = _resolve_padding(input, weight, padding, stride_, dilation_)
+    out = _ops.conv2d(input, weight, bias, stride_, padding_, dilation_, groups, code, residual)
+    return out if batched else out.squeeze(0)
+
+
+@torch.library.register_fake("fastcnn::conv2d")
+def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, activation, residual):
+    torch._check(input.dim() == 4, lambda: f"fastcnn: input must be 4-D, got {input.dim()}-D")
+    torch._check(
+        weight.dim() == 4 and weight.shape[1] * groups == input.shape[1],
+        lambda: (
+            f"fastcnn: input has {input.shape[1]} channels but weight {tuple(weight.shape)} "
+            f"with groups={groups} expects {weight.shape[1] * groups}"
+        ),
+    )
+    out_h = _conv_extent(input.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+    out_w = _conv_extent(input.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    torch._check(out_h > 0 and out_w > 0, lambda: "fastcnn: conv2d output size would be < 1")
+    return _empty_like_format(input, (input.shape[0], weight.shape[0], out_h, out_w))
+
+
+def _conv2d_setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, activation, residual = inputs
+    ctx.conv_args = (stride, padding, dilation, groups)
+    ctx.activation = activation
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(input, weight, output if activation else None)
+
+
+def _conv2d_backward(ctx, grad_output):
+    input, weight, output = ctx.saved_tensors
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    need_residual = ctx.needs_input_grad[8]
+    activation = ctx.activation
+    if need_residual and activation:
+        # The residual's gradient is grad_output through the activation: form it once and share it.
+        grad_output = _ops.activation_backward(grad_output, output, activation)
+        activation, output = 0, None
+    grad_input = grad_weight = grad_bias = None
+    if need_input or need_weight or (need_bias and ctx.has_bias):
+        mask = [need_input, need_weight, need_bias and ctx.has_bias]
+        grad_input, grad_weight, grad_bias = _ops.conv2d_backward(
+            grad_output, input, weight, output, *ctx.conv_args, activation, mask
+        )
+        grad_input, grad_weight, grad_bias = (
+            g if m else None for g, m in zip((grad_input, grad_weight, grad_bias), mask, strict=True)
+        )
+    grad_residual = grad_output if need_residual else None
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None, grad_residual
+
+
+torch.library.register_autograd("fastcnn::conv2d", _conv2d_backward, setup_context=_conv2d_setup_context)
+
+
+@torch.library.register_fake("fastcnn::conv2d_backward")
+def _conv2d_backward_fake(
+    grad_output, input, weight, output, stride, padding, dilation, groups, activation, output_mask
+):
+    grad_input = _empty_like_format(input, input.shape) if output_mask[0] else input.new_empty(0)
+    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else weight.new_empty(0)
+    grad_bias = weight.new_empty(weight.shape[0]) if output_mask[2] else weight.new_empty(0)
+    return grad_input, grad_weight, grad_bias
+
+
+# ----------------------------------------------------------------------------------------------------------
+# linear
+# ----------------------------------------------------------------------------------------------------------
+
+
+def linear(
+    input: Tensor, weight: Tensor, bias: Tensor | None = None, *, activation: str | None = None
+) -> Tensor:
+    """Fully connected layer with a fused epilogue: ``act(input @ weight.T + bias)``.
+
+    ``input`` is ``[*, in_features]`` (any number of leading dims), ``weight`` is
+    ``[out_features, in_features]``; ``activation`` is None, "relu", "sigmoid" or "tanh".
+    """
+    _check_tensor(input, "input")
+    _check_tensor(weight, "weight")
+    return _ops.linear(input, weight, bias, activation_code(activation))
+
+
+@torch.library.register_fake("fastcnn::linear")
+def _linear_fake(input, weight, bias, activation):
+    torch._check(
+        input.dim() >= 1 and weight.dim() == 2 and input.shape[-1] == weight.shape[1],
+        lambda: f"fastcnn: linear input's last dim ({input.shape[-1]}) must equal weight.shape[1]",
+    )
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+def _linear_setup_context(ctx, inputs, output):
+    input, weight, bias, activation = inputs
+    ctx.activation = activation
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(input, weight, output if activation else None)
+
+
+def _linear_backward(ctx, grad_output):
+    input, weight, output = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias]
+    if not any(mask):
+        return None, None, None, None
+    grads = _ops.linear_backward(grad_output, input, weight, output, ctx.activation, mask)
+    grad_input, grad_weight, grad_bias = (g if m else None for g, m in zip(grads, mask, strict=True))
+    return grad_input, grad_weight, grad_bias, None
+
+
+torch.library.register_autograd("fastcnn::linear", _linear_backward, setup_context=_linear_setup_context)
+
+
+@torch.library.register_fake("fastcnn::linear_backward")
+def _linear_backward_fake(grad_output, input, weight, output, activation, output_mask):
+    grad_input = input.new_empty(input.shape) if output_mask[0] else input.new_empty(0)
+    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else weight.new_empty(0)
+    grad_bias = weight.new_empty(weight.shape[0]) if output_mask[2] else weight.new_empty(0)
+    return grad_input, grad_weight, grad_bias
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pooling
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _pool_args(kernel_size: IntPair, stride: IntPair | None, padding: IntPair) -> tuple[list[int], ...]:
+    kernel = _pair(kernel_size, "kernel_size")
+    if stride is None or (not isinstance(stride, int) and len(stride) == 0):
+        stride_ = kernel
+    else:
+        stride_ = _pair(stride, "stride")
+    return kernel, stride_, _pair(padding, "padding")
+
+
+def max_pool2d(
+    input: Tensor,
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """2-D max pooling, as :func:`torch.nn.functional.max_pool2d` (stride defaults to kernel_size).
+
+    With ``return_indices=True`` also returns the int64 flat index (``h * W + w``) of each maximum.
+    """
+    batched = _batched(input)
+    kernel, stride_, padding_ = _pool_args(kernel_size, stride, padding)
+    x = input if batched else input.unsqueeze(0)
+    out, indices = _ops.max_pool2d(x, kernel, stride_, padding_, _pair(dilation, "dilation"), ceil_mode)
+    if not batched:
+        out, indices = out.squeeze(0), indices.squeeze(0)
+    return (out, indices) if return_indices else out
+
+
+def _pool_fake_shape(input, kernel, stride, padding, dilation, ceil_mode):
+    torch._check(input.dim() == 4, lambda: f"fastcnn: input must be 4-D, got {input.dim()}-D")
+    out_h = _pool_extent(input.shape[2], kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    out_w = _pool_extent(input.shape[3], kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    torch._check(out_h > 0 and out_w > 0, lambda: "fastcnn: pooling output size would be < 1")
+    return (input.shape[0], input.shape[1], out_h, out_w)
+
+
+@torch.library.register_fake("fastcnn::max_pool2d")
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = _pool_fake_shape(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return _empty_like_format(input, shape), _empty_like_format(input, shape, torch.int64)
+
+
+def _max_pool2d_setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(inputs[0], output[1])
+
+
+def _max_pool2d_backward(ctx, grad_output, _grad_indices):
+    input, indices = ctx.saved_tensors
+    return _ops.max_pool2d_backward(grad_output, input, indices), None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "fastcnn::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup_context
+)
+
+
+@torch.library.register_fake("fastcnn::max_pool2d_backward")
+def _max_pool2d_backward_fake(grad_output, input, indices):
+    return _empty_like_format(input, input.shape)
+
+
+def avg_pool2d(
+    input: Tensor,
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> Tensor:
+    """2-D average pooling, as :func:`torch.nn.functional.avg_pool2d` (stride defaults to kernel_size)."""
+    batched = _batched(input)
+    kernel, stride_, padding_ = _pool_args(kernel_size, stride, padding)
+    if divisor_override is not None and divisor_override == 0:
+        raise ValueError("divisor_override must be non-zero")
+    x = input if batched else input.unsqueeze(0)
+    out = _ops.avg_pool2d(x, kernel, stride_, padding_, ceil_mode, count_include_pad, divisor_override)
+    return out if batched else out.squeeze(0)
+
+
+@torch.library.register_fake("fastcnn::avg_pool2d")
+def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    return _empty_like_format(input, _pool_fake_shape(input, kernel_size, stride, padding, [1, 1], ceil_mode))
+
+
+def _avg_pool2d_setup_context(ctx, inputs, output):
+    ctx.pool_args = inputs[1:]
+    ctx.save_for_backward(inputs[0])
+
+
+def _avg_pool2d_backward(ctx, grad_output):
+    (input,) = ctx.saved_tensors
+    grad_input = _ops.avg_pool2d_backward(grad_output, input, *ctx.pool_args)
+    return grad_input, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "fastcnn::avg_pool2d", _avg_pool2d_backward, setup_context=_avg_pool2d_setup_context
+)
+
+
+@torch.library.register_fake("fastcnn::avg_pool2d_backward")
+def _avg_pool2d_backward_fake(
+    grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+):
+    return _empty_like_format(input, input.shape)
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size: int | Sequence[int | None]) -> Tensor:
+    """Adaptive average pooling to ``output_size``: an int, or a pair (None keeps that input size)."""
+    batched = _batched(input)
+    if isinstance(output_size, int):
+        size = [output_size, output_size]
+    else:
+        size = list(output_size)
+        if len(size) != 2:
+            raise ValueError(f"output_size must be an int or a pair, got {output_size!r}")
+        size = [input.shape[-2 + i] if s is None else s for i, s in enumerate(size)]
+    if any(not isinstance(s, int) or s <= 0 for s in size):
+        raise ValueError(f"output_size must be positive, got {output_size!r}")
+    x = input if batched else input.unsqueeze(0)
+    out = _ops.adaptive_avg_pool2d(x, size)
+    return out if batched else out.squeeze(0)
+
+
+@torch.library.register_fake("fastcnn::adaptive_avg_pool2d")
+def _adaptive_avg_pool2d_fake(input, output_size):
+    torch._check(input.dim() == 4, lambda: f"fastcnn: input must be 4-D, got {input.dim()}-D")
+    return _empty_like_format(input, (input.shape[0], input.shape[1], output_size[0], output_size[1]))
+
+
+def _adaptive_avg_pool2d_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _adaptive_avg_pool2d_backward(ctx, grad_output):
+    (input,) = ctx.saved_tensors
+    return _ops.adaptive_avg_pool2d_backward(grad_output, input), None
+
+
+torch.library.register_autograd(
+    "fastcnn::adaptive_avg_pool2d",
+    _adaptive_avg_pool2d_backward,
+    setup_context=_adaptive_avg_pool2d_setup_context,
+)
+
+
+@torch.library.register_fake("fastcnn::adaptive_avg_pool2d_backward")
+def _adaptive_avg_pool2d_backward_fake(grad_output, input):
+    return _empty_like_format(input, input.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# activations and the residual add
+# ----------------------------------------------------------------------------------------------------------
+
+
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    """ReLU. ``inplace`` is accepted for torch.nn.functional compatibility; fastcnn always writes a new
+    tensor, since autograd needs the output and the input is often needed elsewhere."""
+    _check_tensor(input, "input")
+    return _ops.relu(input)
+
+
+def sigmoid(input: Tensor) -> Tensor:
+    """Logistic sigmoid, ``1 / (1 + exp(-x))``."""
+    _check_tensor(input, "input")
+    return _ops.sigmoid(input)
+
+
+def tanh(input: Tensor) -> Tensor:
+    """Hyperbolic tangent."""
+    _check_tensor(input, "input")
+    return _ops.tanh(input)
+
+
+def add(input: Tensor, other: Tensor, *, activation: str | None = None) -> Tensor:
+    """The residual add fused with its activation: ``act(input + other)`` (same shapes, no broadcasting)."""
+    _check_tensor(input, "input")
+    _check_tensor(other, "other")
+    if input.shape != other.shape:
+        raise ValueError(
+            f"add needs other to have input's shape {tuple(input.shape)}, got {tuple(other.shape)}"
+        )
+    return _ops.add(input, other, activation_code(activation))
+
+
+def _elementwise_fake(input, *args):
+    return _empty_like_format(input, input.shape)
+
+
+for _name in ("relu", "sigmoid", "tanh", "add", "activation_backward"):
+    torch.library.register_fake(f"fastcnn::{_name}", _elementwise_fake)
+
+
+def _save_output(ctx, inputs, output):
+    ctx.save_for_backward(output)
+
+
+def _activation_autograd(code: int):
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return _ops.activation_backward(grad_output, output, code)
+
+    return backward
+
+
+for _name in ("relu", "sigmoid", "tanh"):
+    torch.library.register_autograd(
+        f"fastcnn::{_name}", _activation_autograd(ACTIVATIONS[_name]), setup_context=_save_output
+    )
+
+
+def _add_setup_context(ctx, inputs, output):
+    ctx.activation = inputs[2]
+    ctx.save_for_backward(output if inputs[2] else None)
+
+
+def _add_backward(ctx, grad_output):
+    (output,) = ctx.saved_tensors
+    if ctx.activation:
+        grad_output = _ops.activation_backward(grad_output, output, ctx.activation)
+    return grad_output, grad_output, None
+
+
+torch.library.register_autograd("fastcnn::add", _add_backward, setup_context=_add_setup_context)
