@@ -53,7 +53,11 @@ def _size(value: SizeLike, name: str) -> tuple[int, int]:
 def _channel_values(value: float | Sequence[float] | Tensor | None, channels: int, default: float, name: str):
     if value is None:
         return torch.full((channels,), default, dtype=torch.float64)
-    t = torch.as_tensor(value, dtype=torch.float64).flatten().cpu() if not isinstance(value, Tensor) else value
+    t = (
+        torch.as_tensor(value, dtype=torch.float64).flatten().cpu()
+        if not isinstance(value, Tensor)
+        else value
+    )
     if t.numel() == 1:
         t = t.reshape(1).expand(channels)
     if t.dim() != 1 or t.numel() != channels:
@@ -334,7 +338,12 @@ class RandomAffineAugment(nn.Module):
         super().__init__()
         self.out_size = _size(out_size, "out_size") if out_size is not None else None
         self.options = dict(
-            hflip=hflip, vflip=vflip, crop_scale=crop_scale, crop_ratio=crop_ratio, degrees=degrees, scale=scale
+            hflip=hflip,
+            vflip=vflip,
+            crop_scale=crop_scale,
+            crop_ratio=crop_ratio,
+            degrees=degrees,
+            scale=scale,
         )
         sample_params(1, 8, **self.options)  # validate the ranges now, not on the first batch
         self.mean = mean
@@ -357,7 +366,9 @@ class RandomAffineAugment(nn.Module):
         batched = input.dim() == 4
         x = input if batched else input.unsqueeze(0)
         if x.dim() != 4:
-            raise ValueError(f"input must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {tuple(input.shape)}")
+            raise ValueError(
+                f"input must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {tuple(input.shape)}"
+            )
         in_size = (x.shape[-2], x.shape[-1])
         out_size = self.out_size or in_size
         if self.training:
