@@ -88,17 +88,23 @@ at::Tensor activation_forward_cuda(const at::Tensor& input, Activation act) {
   return y;
 }
 
-at::Tensor relu_cuda(const at::Tensor& input) { return activation_forward_cuda(input, Activation::ReLU); }
-at::Tensor sigmoid_cuda(const at::Tensor& input) { return activation_forward_cuda(input, Activation::Sigmoid); }
-at::Tensor tanh_cuda(const at::Tensor& input) { return activation_forward_cuda(input, Activation::Tanh); }
+at::Tensor relu_cuda(const at::Tensor& input) {
+  return activation_forward_cuda(input, Activation::ReLU);
+}
+at::Tensor sigmoid_cuda(const at::Tensor& input) {
+  return activation_forward_cuda(input, Activation::Sigmoid);
+}
+at::Tensor tanh_cuda(const at::Tensor& input) {
+  return activation_forward_cuda(input, Activation::Tanh);
+}
 
 at::Tensor add_cuda(const at::Tensor& input, const at::Tensor& other, int64_t activation) {
   const Activation act = to_activation(activation);
   cuda::check_cuda_tensor(input, "input");
   check_floating(input, "input", /*allow_reduced=*/true);
   check_same_dtype_device(other, input, "other", "input");
-  TORCH_CHECK(other.sizes() == input.sizes(), "fastcnn: add needs other to have input's shape ", input.sizes(),
-              ", got ", other.sizes());
+  TORCH_CHECK(other.sizes() == input.sizes(), "fastcnn: add needs other to have input's shape ",
+              input.sizes(), ", got ", other.sizes());
   const c10::cuda::CUDAGuard guard(input.device());
   const auto fmt = format_of(input);
   const at::Tensor a = dense(input, fmt);
@@ -127,15 +133,14 @@ at::Tensor activation_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const at::Tensor g = dense(grad_output, fmt);
   const at::Tensor y = dense(output, fmt);
   at::Tensor gx = at::empty_like(y, fmt);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fastcnn_activation_backward_cuda",
-                                  [&] {
-                                    with_activation(act, [&](auto tag) {
-                                      cuda::launch_map</*Binary=*/true>(
-                                          gx.mutable_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
-                                          y.const_data_ptr<scalar_t>(), y.numel(),
-                                          ActivationGradOp<scalar_t, decltype(tag)::value>{});
-                                    });
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, y.scalar_type(), "fastcnn_activation_backward_cuda", [&] {
+        with_activation(act, [&](auto tag) {
+          cuda::launch_map</*Binary=*/true>(gx.mutable_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
+                                            y.const_data_ptr<scalar_t>(), y.numel(),
+                                            ActivationGradOp<scalar_t, decltype(tag)::value>{});
+        });
+      });
   return gx;
 }
 

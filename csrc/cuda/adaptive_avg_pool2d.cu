@@ -26,7 +26,9 @@ struct AdaptiveShape {
 };
 
 // First and one-past-last index of window `i` when `from` positions are split into `to` windows.
-__device__ __forceinline__ int64_t window_begin(int64_t i, int64_t to, int64_t from) { return (i * from) / to; }
+__device__ __forceinline__ int64_t window_begin(int64_t i, int64_t to, int64_t from) {
+  return (i * from) / to;
+}
 
 __device__ __forceinline__ int64_t window_end(int64_t i, int64_t to, int64_t from) {
   return ((i + 1) * from + to - 1) / to;
@@ -78,7 +80,8 @@ __global__ void adaptive_avg_forward_nchw_warp_kernel(const T* __restrict__ inpu
       sum += static_cast<acc_t>(plane_in[h * s.in_w + w]);
     }
 #pragma unroll
-    for (int offset = cuda::kWarpSize / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(kFullMask, sum, offset);
+    for (int offset = cuda::kWarpSize / 2; offset > 0; offset /= 2)
+      sum += __shfl_xor_sync(kFullMask, sum, offset);
     if (lane == 0) output[o] = static_cast<T>(sum / static_cast<acc_t>(taps));
   }
 }
@@ -117,8 +120,9 @@ __global__ void adaptive_avg_forward_nhwc_kernel(const T* __restrict__ input, T*
 }
 
 template <typename T>
-__global__ void adaptive_avg_backward_nchw_kernel(const T* __restrict__ grad_output, T* __restrict__ grad_input,
-                                                  int64_t total, AdaptiveShape s) {
+__global__ void adaptive_avg_backward_nchw_kernel(const T* __restrict__ grad_output,
+                                                  T* __restrict__ grad_input, int64_t total,
+                                                  AdaptiveShape s) {
   using acc_t = at::opmath_type<T>;
   for (int64_t i = cuda::global_thread_index(); i < total; i += cuda::grid_thread_count()) {
     const int64_t w = i % s.in_w;
@@ -142,8 +146,9 @@ __global__ void adaptive_avg_backward_nchw_kernel(const T* __restrict__ grad_out
 
 // item = ((n * in_h + h) * in_w + w) * (C / N) + channel vector; the grad_input offset is item * N.
 template <typename T, int N>
-__global__ void adaptive_avg_backward_nhwc_kernel(const T* __restrict__ grad_output, T* __restrict__ grad_input,
-                                                  int64_t total_items, AdaptiveShape s) {
+__global__ void adaptive_avg_backward_nhwc_kernel(const T* __restrict__ grad_output,
+                                                  T* __restrict__ grad_input, int64_t total_items,
+                                                  AdaptiveShape s) {
   using acc_t = at::opmath_type<T>;
   const int64_t channel_vecs = s.channels / N;
   for (int64_t item = cuda::global_thread_index(); item < total_items; item += cuda::grid_thread_count()) {
@@ -191,39 +196,36 @@ at::Tensor adaptive_avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef out
   const AdaptiveShape s{input.size(1), input.size(2), input.size(3), output_size[0], output_size[1]};
   const auto fmt = output_memory_format(input);
   const at::Tensor x = input.contiguous(fmt);
-  at::Tensor output = at::empty({input.size(0), s.channels, s.out_h, s.out_w}, x.options().memory_format(fmt));
+  at::Tensor output =
+      at::empty({input.size(0), s.channels, s.out_h, s.out_w}, x.options().memory_format(fmt));
   const int64_t total = output.numel();
-  // Largest window along each axis is at most ceil(I/O) + 1 taps.
+  // About the taps of one window; it only picks the kernel, so rounding does not matter.
   const int64_t max_taps = (s.in_h / s.out_h + 1) * (s.in_w / s.out_w + 1);
   const auto stream = cuda::current_stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcnn_adaptive_avg_pool2d_cuda",
-                                  [&] {
-                                    const scalar_t* in = x.const_data_ptr<scalar_t>();
-                                    scalar_t* out = output.mutable_data_ptr<scalar_t>();
-                                    constexpr int kWidth = cuda::kVecWidth<scalar_t>;
-                                    if (fmt == at::MemoryFormat::ChannelsLast) {
-                                      if (s.channels % kWidth == 0 && cuda::is_aligned16(in) &&
-                                          cuda::is_aligned16(out)) {
-                                        const int64_t items = total / kWidth;
-                                        adaptive_avg_forward_nhwc_kernel<scalar_t, kWidth>
-                                            <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(in, out,
-                                                                                                         items, s);
-                                      } else {
-                                        adaptive_avg_forward_nhwc_kernel<scalar_t, 1>
-                                            <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(in, out,
-                                                                                                         total, s);
-                                      }
-                                    } else if (max_taps >= kWarpWindowTaps) {
-                                      adaptive_avg_forward_nchw_warp_kernel<scalar_t>
-                                          <<<cuda::grid_for(total * cuda::kWarpSize), cuda::kBlockThreads, 0,
-                                             stream>>>(in, out, total, s);
-                                    } else {
-                                      adaptive_avg_forward_nchw_kernel<scalar_t>
-                                          <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(in, out, total,
-                                                                                                       s);
-                                    }
-                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "fastcnn_adaptive_avg_pool2d_cuda", [&] {
+        const scalar_t* in = x.const_data_ptr<scalar_t>();
+        scalar_t* out = output.mutable_data_ptr<scalar_t>();
+        constexpr int kWidth = cuda::kVecWidth<scalar_t>;
+        if (fmt == at::MemoryFormat::ChannelsLast) {
+          if (s.channels % kWidth == 0 && cuda::is_aligned16(in) && cuda::is_aligned16(out)) {
+            const int64_t items = total / kWidth;
+            adaptive_avg_forward_nhwc_kernel<scalar_t, kWidth>
+                <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(in, out, items, s);
+          } else {
+            adaptive_avg_forward_nhwc_kernel<scalar_t, 1>
+                <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(in, out, total, s);
+          }
+        } else if (max_taps >= kWarpWindowTaps) {
+          adaptive_avg_forward_nchw_warp_kernel<scalar_t>
+              <<<cuda::grid_for(total * cuda::kWarpSize), cuda::kBlockThreads, 0, stream>>>(in, out, total,
+                                                                                            s);
+        } else {
+          adaptive_avg_forward_nchw_kernel<scalar_t>
+              <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(in, out, total, s);
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return output;
 }
 
@@ -237,7 +239,8 @@ at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, cons
   TORCH_CHECK(grad_output.size(2) > 0 && grad_output.size(3) > 0,
               "fastcnn: grad_output must have a non-empty spatial size, got shape ", grad_output.sizes());
   const c10::cuda::CUDAGuard guard(input.device());
-  const AdaptiveShape s{input.size(1), input.size(2), input.size(3), grad_output.size(2), grad_output.size(3)};
+  const AdaptiveShape s{input.size(1), input.size(2), input.size(3), grad_output.size(2),
+                        grad_output.size(3)};
   const auto fmt = output_memory_format(input);
   const at::Tensor go = grad_output.contiguous(fmt);
   at::Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(fmt));

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <vector>
 
 #include "common/checks.h"
 #include "cuda/common/launch.cuh"
@@ -58,8 +59,9 @@ __device__ __forceinline__ CoverRange covering_outputs(int64_t i, int64_t kernel
 }
 
 template <typename T>
-__global__ void avg_pool_forward_nchw_kernel(const T* __restrict__ input, T* __restrict__ output, int64_t total,
-                                             Pool2dShape s, bool count_include_pad, int64_t divisor_override) {
+__global__ void avg_pool_forward_nchw_kernel(const T* __restrict__ input, T* __restrict__ output,
+                                             int64_t total, Pool2dShape s, bool count_include_pad,
+                                             int64_t divisor_override) {
   using acc_t = at::opmath_type<T>;
   for (int64_t o = cuda::global_thread_index(); o < total; o += cuda::grid_thread_count()) {
     const int64_t ow = o % s.out_w;
@@ -107,7 +109,8 @@ __global__ void avg_pool_forward_nhwc_kernel(const T* __restrict__ input, T* __r
     const bool empty = win.h_begin >= win.h_end || win.w_begin >= win.w_end;
     Vec<T, N> out;
 #pragma unroll
-    for (int j = 0; j < N; ++j) out.val[j] = static_cast<T>(empty ? acc_t(0) : sum[j] / static_cast<acc_t>(win.divisor));
+    for (int j = 0; j < N; ++j)
+      out.val[j] = static_cast<T>(empty ? acc_t(0) : sum[j] / static_cast<acc_t>(win.divisor));
     cuda::store_vec<N>(output + item * N, out);
   }
 }
@@ -198,8 +201,9 @@ at::Tensor avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
     if (fmt == at::MemoryFormat::ChannelsLast) {
       if (s.channels % kWidth == 0 && cuda::is_aligned16(in) && cuda::is_aligned16(out)) {
         const int64_t items = total / kWidth;
-        avg_pool_forward_nhwc_kernel<scalar_t, kWidth><<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(
-            in, out, items, s, count_include_pad, divisor);
+        avg_pool_forward_nhwc_kernel<scalar_t, kWidth>
+            <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(in, out, items, s, count_include_pad,
+                                                                        divisor);
       } else {
         avg_pool_forward_nhwc_kernel<scalar_t, 1><<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(
             in, out, total, s, count_include_pad, divisor);
@@ -214,8 +218,8 @@ at::Tensor avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
 }
 
 at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                    bool ceil_mode, bool count_include_pad,
+                                    at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                    at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                     std::optional<int64_t> divisor_override) {
   cuda::check_cuda_tensor(input, "input");
   const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, at::IntArrayRef(kNoDilation, 2),
@@ -225,7 +229,8 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   check_same_dtype_device(grad_output, input, "grad_output", "input");
   const std::vector<int64_t> out_sizes{s.batch, s.channels, s.out_h, s.out_w};
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_sizes), "fastcnn: grad_output must have shape ",
-              at::IntArrayRef(out_sizes), " (the avg_pool2d output for this input), got ", grad_output.sizes());
+              at::IntArrayRef(out_sizes), " (the avg_pool2d output for this input), got ",
+              grad_output.sizes());
   const c10::cuda::CUDAGuard guard(input.device());
   const auto fmt = output_memory_format(input);
   const at::Tensor go = grad_output.contiguous(fmt);
@@ -241,11 +246,12 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
           if (s.channels % kWidth == 0 && cuda::is_aligned16(g) && cuda::is_aligned16(gi)) {
             const int64_t items = total / kWidth;
             avg_pool_backward_nhwc_kernel<scalar_t, kWidth>
-                <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(g, gi, items, s, count_include_pad,
-                                                                             divisor);
+                <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(g, gi, items, s,
+                                                                            count_include_pad, divisor);
           } else {
-            avg_pool_backward_nhwc_kernel<scalar_t, 1><<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(
-                g, gi, total, s, count_include_pad, divisor);
+            avg_pool_backward_nhwc_kernel<scalar_t, 1>
+                <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(g, gi, total, s,
+                                                                            count_include_pad, divisor);
           }
         } else {
           avg_pool_backward_nchw_kernel<scalar_t><<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(

@@ -21,6 +21,7 @@
 
 #include <limits>
 #include <tuple>
+#include <vector>
 
 #include "common/checks.h"
 #include "cuda/common/launch.cuh"
@@ -72,7 +73,8 @@ __global__ void max_pool_forward_nchw_kernel(const T* __restrict__ input, T* __r
 // item * N and consecutive threads read consecutive channel vectors of the same pixel.
 template <typename T, int N>
 __global__ void max_pool_forward_nhwc_kernel(const T* __restrict__ input, T* __restrict__ output,
-                                             int64_t* __restrict__ indices, int64_t total_items, Pool2dShape s) {
+                                             int64_t* __restrict__ indices, int64_t total_items,
+                                             Pool2dShape s) {
   using acc_t = at::opmath_type<T>;
   const int64_t channel_vecs = s.channels / N;
   for (int64_t item = cuda::global_thread_index(); item < total_items; item += cuda::grid_thread_count()) {
@@ -128,9 +130,9 @@ __device__ __forceinline__ int64_t plane_offset(int64_t n, int64_t c, int64_t po
 // One thread per grad_output element, in memory order; out-of-range indices are skipped.
 template <typename T, typename acc_t, bool ChannelsLast>
 __global__ void max_pool_backward_atomic_kernel(const T* __restrict__ grad_output,
-                                                const int64_t* __restrict__ indices, acc_t* __restrict__ grad_input,
-                                                int64_t total, int64_t channels, int64_t out_plane,
-                                                int64_t in_plane) {
+                                                const int64_t* __restrict__ indices,
+                                                acc_t* __restrict__ grad_input, int64_t total,
+                                                int64_t channels, int64_t out_plane, int64_t in_plane) {
   for (int64_t o = cuda::global_thread_index(); o < total; o += cuda::grid_thread_count()) {
     const int64_t target = indices[o];
     if (target < 0 || target >= in_plane) continue;
@@ -153,9 +155,9 @@ __global__ void max_pool_backward_atomic_kernel(const T* __restrict__ grad_outpu
 // index only), as the *_sync intrinsics need every lane.
 template <typename T, typename acc_t, bool ChannelsLast>
 __global__ void max_pool_backward_ordered_kernel(const T* __restrict__ grad_output,
-                                                 const int64_t* __restrict__ indices, acc_t* __restrict__ grad_input,
-                                                 int64_t planes, int64_t channels, int64_t out_plane,
-                                                 int64_t in_plane) {
+                                                 const int64_t* __restrict__ indices,
+                                                 acc_t* __restrict__ grad_input, int64_t planes,
+                                                 int64_t channels, int64_t out_plane, int64_t in_plane) {
   constexpr unsigned kFullMask = 0xffffffffu;
   const int lane = static_cast<int>(threadIdx.x % cuda::kWarpSize);
   for (int64_t plane = cuda::global_warp_index(); plane < planes; plane += cuda::grid_warp_count()) {
@@ -235,9 +237,10 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   check_dim(grad_output, 4, "grad_output", "N, C, out_H, out_W");
   check_same_dtype_device(grad_output, input, "grad_output", "input");
   check_dim(indices, 4, "indices", "N, C, out_H, out_W");
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "fastcnn: indices must be int64, got ", indices.scalar_type());
-  TORCH_CHECK(indices.device() == input.device(), "fastcnn: indices is on ", indices.device(), " but input is on ",
-              input.device());
+  TORCH_CHECK(indices.scalar_type() == at::kLong, "fastcnn: indices must be int64, got ",
+              indices.scalar_type());
+  TORCH_CHECK(indices.device() == input.device(), "fastcnn: indices is on ", indices.device(),
+              " but input is on ", input.device());
   TORCH_CHECK(indices.sizes() == grad_output.sizes(), "fastcnn: indices must have grad_output's shape ",
               grad_output.sizes(), ", got ", indices.sizes());
   TORCH_CHECK(input.size(0) > 0, "fastcnn: input has an empty batch (shape ", input.sizes(), ")");
@@ -250,8 +253,8 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const at::Tensor idx = indices.contiguous(fmt);
   const bool reduced = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
   // half/bfloat16 gradients accumulate in an fp32 buffer, rounded once at the end.
-  at::Tensor grad_acc =
-      at::zeros(input.sizes(), input.options().dtype(reduced ? at::kFloat : input.scalar_type()).memory_format(fmt));
+  at::Tensor grad_acc = at::zeros(
+      input.sizes(), input.options().dtype(reduced ? at::kFloat : input.scalar_type()).memory_format(fmt));
   const int64_t channels = input.size(1);
   const int64_t in_plane = input.size(2) * input.size(3);
   const int64_t out_plane = go.size(2) * go.size(3);
@@ -261,33 +264,37 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const auto stream = cuda::current_stream();
   if (total > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_max_pool2d_backward_cuda", [&] {
-          using acc_t = at::opmath_type<scalar_t>;
-          const scalar_t* g = go.const_data_ptr<scalar_t>();
-          const int64_t* ix = idx.const_data_ptr<int64_t>();
-          acc_t* acc = grad_acc.mutable_data_ptr<acc_t>();
-          if (deterministic) {
-            const unsigned blocks = cuda::grid_for(planes * cuda::kWarpSize);
-            if (channels_last) {
-              max_pool_backward_ordered_kernel<scalar_t, acc_t, true>
-                  <<<blocks, cuda::kBlockThreads, 0, stream>>>(g, ix, acc, planes, channels, out_plane, in_plane);
-            } else {
-              max_pool_backward_ordered_kernel<scalar_t, acc_t, false>
-                  <<<blocks, cuda::kBlockThreads, 0, stream>>>(g, ix, acc, planes, channels, out_plane, in_plane);
-            }
-          } else {
-            const unsigned blocks = cuda::grid_for(total);
-            if (channels_last) {
-              max_pool_backward_atomic_kernel<scalar_t, acc_t, true>
-                  <<<blocks, cuda::kBlockThreads, 0, stream>>>(g, ix, acc, total, channels, out_plane, in_plane);
-            } else {
-              max_pool_backward_atomic_kernel<scalar_t, acc_t, false>
-                  <<<blocks, cuda::kBlockThreads, 0, stream>>>(g, ix, acc, total, channels, out_plane, in_plane);
-            }
-          }
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "fastcnn_max_pool2d_backward_cuda", [&] {
+                                      using acc_t = at::opmath_type<scalar_t>;
+                                      const scalar_t* g = go.const_data_ptr<scalar_t>();
+                                      const int64_t* ix = idx.const_data_ptr<int64_t>();
+                                      acc_t* acc = grad_acc.mutable_data_ptr<acc_t>();
+                                      if (deterministic) {
+                                        const unsigned blocks = cuda::grid_for(planes * cuda::kWarpSize);
+                                        if (channels_last) {
+                                          max_pool_backward_ordered_kernel<scalar_t, acc_t, true>
+                                              <<<blocks, cuda::kBlockThreads, 0, stream>>>(
+                                                  g, ix, acc, planes, channels, out_plane, in_plane);
+                                        } else {
+                                          max_pool_backward_ordered_kernel<scalar_t, acc_t, false>
+                                              <<<blocks, cuda::kBlockThreads, 0, stream>>>(
+                                                  g, ix, acc, planes, channels, out_plane, in_plane);
+                                        }
+                                      } else {
+                                        const unsigned blocks = cuda::grid_for(total);
+                                        if (channels_last) {
+                                          max_pool_backward_atomic_kernel<scalar_t, acc_t, true>
+                                              <<<blocks, cuda::kBlockThreads, 0, stream>>>(
+                                                  g, ix, acc, total, channels, out_plane, in_plane);
+                                        } else {
+                                          max_pool_backward_atomic_kernel<scalar_t, acc_t, false>
+                                              <<<blocks, cuda::kBlockThreads, 0, stream>>>(
+                                                  g, ix, acc, total, channels, out_plane, in_plane);
+                                        }
+                                      }
+                                      C10_CUDA_KERNEL_LAUNCH_CHECK();
+                                    });
   }
   return reduced ? grad_acc.to(input.scalar_type()) : grad_acc;
 }

@@ -47,18 +47,26 @@ inline void check_cuda_tensor(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), "fastcnn: ", name, " must be a CUDA tensor, got one on ", t.device());
 }
 
-inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+inline cudaStream_t current_stream() {
+  return c10::cuda::getCurrentCUDAStream().stream();
+}
 
 __device__ __forceinline__ int64_t global_thread_index() {
   return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
 }
 
-__device__ __forceinline__ int64_t grid_thread_count() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+__device__ __forceinline__ int64_t grid_thread_count() {
+  return static_cast<int64_t>(gridDim.x) * blockDim.x;
+}
 
 // Warps: kernels that give one warp a unit of work loop over units with these, warp-uniformly.
-__device__ __forceinline__ int64_t global_warp_index() { return global_thread_index() / kWarpSize; }
+__device__ __forceinline__ int64_t global_warp_index() {
+  return global_thread_index() / kWarpSize;
+}
 
-__device__ __forceinline__ int64_t grid_warp_count() { return grid_thread_count() / kWarpSize; }
+__device__ __forceinline__ int64_t grid_warp_count() {
+  return grid_thread_count() / kWarpSize;
+}
 
 }  // namespace cuda
 }  // namespace fastcnn

@@ -23,7 +23,9 @@ struct alignas(sizeof(T) * N) Vec {
   T val[N];
 };
 
-inline bool is_aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+inline bool is_aligned16(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
 
 // p must be aligned to N * sizeof(T) bytes.
 template <int N, typename T>
