@@ -87,27 +87,38 @@ inline void valid_range(int64_t off, int64_t stride, int64_t in, int64_t o0, int
 // ---------------------------------------------------------------------------------------------------
 // im2col / col2im for one chunk of output pixels [p0, p1) of one sample and one group.
 
-// NHWC: col[p - p0, (kh, kw, c)], rows of K contiguous elements. xn points at the sample.
+// NHWC: col[p - p0, (kh, kw, c)], rows of K contiguous elements. xn points at the sample. With one
+// group and no horizontal dilation the KW taps of a kernel row are one contiguous run of the input row,
+// so each (pixel, kh) is a single copy instead of KW small ones (this matters for the 3-channel stem).
 template <typename T>
 void im2col_nhwc(const Geometry& g, const T* xn, int64_t c_off, int64_t p0, int64_t p1, T* col) {
   const int64_t Cg = g.Cg;
+  const bool runs = g.groups == 1 && g.dw == 1;
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t oh = p / g.OW, ow = p % g.OW;
     T* dst = col + (p - p0) * g.K;
-    for (int64_t kh = 0; kh < g.KH; ++kh) {
+    const int64_t iw0 = ow * g.sw - g.pw;
+    for (int64_t kh = 0; kh < g.KH; ++kh, dst += g.KW * Cg) {
       const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
       if (ih < 0 || ih >= g.H) {
         std::fill_n(dst, g.KW * Cg, T(0));
-        dst += g.KW * Cg;
         continue;
       }
       const T* xrow = xn + ih * g.W * g.C + c_off;
-      for (int64_t kw = 0; kw < g.KW; ++kw, dst += Cg) {
-        const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
+      if (runs) {
+        const int64_t kw_lo = std::clamp<int64_t>(-iw0, 0, g.KW);
+        const int64_t kw_hi = std::clamp<int64_t>(g.W - iw0, kw_lo, g.KW);
+        std::fill_n(dst, kw_lo * Cg, T(0));
+        std::memcpy(dst + kw_lo * Cg, xrow + (iw0 + kw_lo) * g.C, (kw_hi - kw_lo) * Cg * sizeof(T));
+        std::fill_n(dst + kw_hi * Cg, (g.KW - kw_hi) * Cg, T(0));
+        continue;
+      }
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        const int64_t iw = iw0 + kw * g.dw;
         if (iw < 0 || iw >= g.W) {
-          std::fill_n(dst, Cg, T(0));
+          std::fill_n(dst + kw * Cg, Cg, T(0));
         } else {
-          std::memcpy(dst, xrow + iw * g.C, Cg * sizeof(T));
+          std::memcpy(dst + kw * Cg, xrow + iw * g.C, Cg * sizeof(T));
         }
       }
     }
@@ -117,21 +128,29 @@ void im2col_nhwc(const Geometry& g, const T* xn, int64_t c_off, int64_t p0, int6
 template <typename T>
 void col2im_nhwc(const Geometry& g, const T* col, int64_t c_off, int64_t p0, int64_t p1, T* gin) {
   const int64_t Cg = g.Cg;
+  const bool runs = g.groups == 1 && g.dw == 1;
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t oh = p / g.OW, ow = p % g.OW;
     const T* src = col + (p - p0) * g.K;
-    for (int64_t kh = 0; kh < g.KH; ++kh) {
+    const int64_t iw0 = ow * g.sw - g.pw;
+    for (int64_t kh = 0; kh < g.KH; ++kh, src += g.KW * Cg) {
       const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-      if (ih < 0 || ih >= g.H) {
-        src += g.KW * Cg;
+      if (ih < 0 || ih >= g.H) continue;
+      T* grow = gin + ih * g.W * g.C + c_off;
+      if (runs) {
+        const int64_t kw_lo = std::clamp<int64_t>(-iw0, 0, g.KW);
+        const int64_t kw_hi = std::clamp<int64_t>(g.W - iw0, kw_lo, g.KW);
+        T* __restrict__ d = grow + (iw0 + kw_lo) * g.C;
+        const T* __restrict__ s = src + kw_lo * Cg;
+        const int64_t len = (kw_hi - kw_lo) * Cg;
+        for (int64_t i = 0; i < len; ++i) d[i] += s[i];
         continue;
       }
-      T* grow = gin + ih * g.W * g.C + c_off;
-      for (int64_t kw = 0; kw < g.KW; ++kw, src += Cg) {
-        const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        const int64_t iw = iw0 + kw * g.dw;
         if (iw < 0 || iw >= g.W) continue;
         T* __restrict__ d = grow + iw * g.C;
-        const T* __restrict__ s = src;
+        const T* __restrict__ s = src + kw * Cg;
         for (int64_t c = 0; c < Cg; ++c) d[c] += s[c];
       }
     }
