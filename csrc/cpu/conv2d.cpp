@@ -16,7 +16,10 @@
 // grad_col = grad_pre @ W and scatters it back (col2im); a sample's scatter is owned by one thread, or,
 // for batches smaller than the thread count, each thread scatters into its own buffer, summed in order.
 // Layout: NCHW or channels_last input (output and grad_input follow it); weight [OC, C/groups, KH, KW].
-// Measured: not yet measured.
+// Measured (fp32, batch 8, ResNet-18 3x3 layers, 2-core AMD EPYC shared with other jobs, so noisy):
+// forward 2.2-3.6x and backward 1.7-3.5x F.conv2d / oneDNN time; the stem conv is 0.7-1.4x. The gap is
+// the BLAS: MKL sgemm runs at ~120 GFLOP/s on this CPU where oneDNN's JIT kernels reach ~280, and
+// im2col + epilogue add ~12% on top of the GEMM.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
