@@ -380,26 +380,30 @@ void conv_backward_gemm(const Geometry& g, const BackwardArgs<T>& a, int64_t slo
 template <typename T>
 void depthwise_forward_nhwc(const Geometry& g, const T* x, const T* wt, const T* bias, const T* res, T* out,
                             Activation act) {
-  const int64_t mult = g.OC / g.C;
-  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+  // Geometry copied into locals so the channel loops see loop-invariant bounds and vectorise.
+  const int64_t C = g.C, OC = g.OC, mult = OC / C, H = g.H, W = g.W, OH = g.OH, OW = g.OW, KH = g.KH, KW = g.KW;
+  const int64_t sh = g.sh, sw = g.sw, ph = g.ph, pw = g.pw, dh = g.dh, dw = g.dw;
+  at::parallel_for(0, g.N * OH, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / g.OH, oh = t % g.OH;
-      T* row = out + t * g.OW * g.OC;
-      std::fill_n(row, g.OW * g.OC, T(0));
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        T* __restrict__ acc = row + ow * g.OC;
-        for (int64_t kh = 0; kh < g.KH; ++kh) {
-          const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-          if (ih < 0 || ih >= g.H) continue;
-          for (int64_t kw = 0; kw < g.KW; ++kw) {
-            const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
-            if (iw < 0 || iw >= g.W) continue;
-            const T* __restrict__ xp = x + ((n * g.H + ih) * g.W + iw) * g.C;
-            const T* __restrict__ wp = wt + (kh * g.KW + kw) * g.OC;
+      const int64_t n = t / OH, oh = t % OH;
+      T* row = out + t * OW * OC;
+      std::fill_n(row, OW * OC, T(0));
+      for (int64_t kh = 0; kh < KH; ++kh) {
+        const int64_t ih = oh * sh - ph + kh * dh;
+        if (ih < 0 || ih >= H) continue;
+        const T* x_row = x + (n * H + ih) * W * C;
+        for (int64_t kw = 0; kw < KW; ++kw) {
+          const int64_t off_w = kw * dw - pw;
+          int64_t lo, hi;
+          valid_range(off_w, sw, W, 0, OW, lo, hi);
+          const T* __restrict__ wp = wt + (kh * KW + kw) * OC;
+          for (int64_t ow = lo; ow < hi; ++ow) {
+            T* __restrict__ acc = row + ow * OC;
+            const T* __restrict__ xp = x_row + (ow * sw + off_w) * C;
             if (mult == 1) {
-              for (int64_t c = 0; c < g.C; ++c) acc[c] += xp[c] * wp[c];
+              for (int64_t c = 0; c < C; ++c) acc[c] += xp[c] * wp[c];
             } else {
-              for (int64_t c = 0; c < g.C; ++c) {
+              for (int64_t c = 0; c < C; ++c) {
                 const T xv = xp[c];
                 for (int64_t j = 0; j < mult; ++j) acc[c * mult + j] += xv * wp[c * mult + j];
               }
@@ -407,8 +411,7 @@ void depthwise_forward_nhwc(const Geometry& g, const T* x, const T* wt, const T*
           }
         }
       }
-      cpu::apply_epilogue<T>(row, g.OC, g.OW, g.OC, bias, nullptr, res ? res + t * g.OW * g.OC : nullptr, g.OC,
-                             act);
+      cpu::apply_epilogue<T>(row, OC, OW, OC, bias, nullptr, res ? res + t * OW * OC : nullptr, OC, act);
     }
   });
 }
