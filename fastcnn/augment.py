@@ -22,6 +22,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -235,10 +236,12 @@ def _sample_crops(
     that fits wins, and a ratio-clamped centre crop when none does."""
     in_h, in_w = in_size
     area = float(in_h * in_w)
-    target_area = area * _uniform(n, scale, generator, tries)
-    aspect = torch.exp(_uniform(n, (math.log(ratio[0]), math.log(ratio[1])), generator, tries))
-    w = torch.round(torch.sqrt(target_area * aspect)).to(torch.int64)
-    h = torch.round(torch.sqrt(target_area / aspect)).to(torch.int64)
+    target_area = (area * _uniform(n, scale, generator, tries)).numpy()
+    aspect = np.exp(_uniform(n, (math.log(ratio[0]), math.log(ratio[1])), generator, tries).numpy())
+    # numpy for the few thousand scalar sqrt/exp/round: torch may hand even these to its thread pool,
+    # whose wake-up costs more than the arithmetic. np.rint rounds half to even, as torch.round.
+    w = torch.from_numpy(np.rint(np.sqrt(target_area * aspect)).astype(np.int64))
+    h = torch.from_numpy(np.rint(np.sqrt(target_area / aspect)).astype(np.int64))
     fits = (w > 0) & (w <= in_w) & (h > 0) & (h <= in_h)
     first = fits.to(torch.int8).argmax(dim=1, keepdim=True)
     w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
