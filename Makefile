@@ -3,7 +3,7 @@ PYTHON_SYS ?= python3
 VENV       := .venv
 PY         := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DEV_DEPS   := pytest pytest-xdist hypothesis ruff ninja numpy rich tqdm
+DEV_DEPS   := pytest pytest-xdist hypothesis ruff ninja numpy rich tqdm scikit-learn matplotlib
 # Build the CUDA kernels whenever the toolkit is there (setup.py decides; FASTCNN_CUDA=0/1 forces it).
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export MAX_JOBS  ?= $(shell nproc)
