@@ -378,7 +378,7 @@ __device__ __forceinline__ void run_pipeline(LoaderA& load_a, LoaderB& load_b, t
 }
 
 template <typename T, typename Cfg, GemmMode kMode>
-__global__ void __launch_bounds__(Cfg::kThreads) conv_gemm_kernel(const __grid_constant__ GemmParams p) {
+__global__ void __launch_bounds__(Cfg::kThreads, 1) conv_gemm_kernel(const __grid_constant__ GemmParams p) {
   using acc_t = AccType<T>;
   using Traits = GemmKernelTraits<T, Cfg, kMode>;
   using TileA = typename Traits::TileA;
