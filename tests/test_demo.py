@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fastcnn import demo
 from fastcnn.cli import build_parser
+
+_KERNELS = ("conv2d", "conv2d_backward", "linear", "linear_backward", "max_pool2d", "max_pool2d_backward")
+needs_cpu_kernels = pytest.mark.skipif(
+    not all(torch._C._dispatch_has_kernel_for_dispatch_key(f"fastcnn::{op}", "CPU") for op in _KERNELS),
+    reason="this build of fastcnn lacks CPU conv/linear/pooling kernels",
+)
 
 
 def test_load_digits_split():
@@ -18,6 +25,7 @@ def test_load_digits_split():
     assert torch.equal(again[3], y_test)  # the fixed seed fixes the split
 
 
+@needs_cpu_kernels
 def test_fastcnn_and_torch_models_agree():
     torch.manual_seed(0)
     fast, twin = demo.DigitNet("fastcnn"), demo.DigitNet("torch")
@@ -26,6 +34,7 @@ def test_fastcnn_and_torch_models_agree():
     torch.testing.assert_close(fast(x), twin(x), rtol=1e-4, atol=1e-5)
 
 
+@needs_cpu_kernels
 def test_run_one_epoch_on_a_subset(tmp_path):
     cfg = demo.DemoConfig(
         epochs=1,
