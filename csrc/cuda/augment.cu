@@ -8,7 +8,6 @@
 // bfloat16 input; float32 output (float64 for float64 input), fp32 arithmetic for the narrow types.
 // Measured: not yet measured (compiled for sm_90, never run on a GPU).
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/util/BFloat16.h>
@@ -16,11 +15,10 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "cuda/common/launch.cuh"
 
 namespace fastcnn {
 namespace {
-
-constexpr int kThreads = 256;
 
 struct Geometry {
   int64_t batch, channels, in_h, in_w, out_h, out_w;
@@ -47,8 +45,8 @@ __global__ void augment_affine_kernel(const in_t* __restrict__ in, const acc_t* 
                                       const acc_t* __restrict__ mean, const acc_t* __restrict__ std,
                                       acc_t* __restrict__ out, const Geometry g) {
   const int64_t total = g.batch * g.out_h * g.out_w;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
+  const int64_t step = cuda::grid_thread_count();
+  for (int64_t idx = cuda::global_thread_index(); idx < total; idx += step) {
     const int64_t ox = idx % g.out_w;
     const int64_t oy = (idx / g.out_w) % g.out_h;
     const int64_t n = idx / (g.out_w * g.out_h);
@@ -103,6 +101,7 @@ at::Tensor augment_affine_cuda(const at::Tensor& input, const at::Tensor& theta,
   TORCH_CHECK(batch > 0, "fastcnn: input has an empty batch (shape ", input.sizes(), ")");
   TORCH_CHECK(channels > 0 && input.size(2) > 0 && input.size(3) > 0,
               "fastcnn: input must have non-zero channels and spatial size, got shape ", input.sizes());
+  cuda::check_cuda_tensor(input, "input");
   TORCH_CHECK(theta.device() == input.device(), "fastcnn: theta is on ", theta.device(), " but input is on ",
               input.device());
   TORCH_CHECK(theta.is_floating_point(), "fastcnn: theta must be a floating tensor, got ", theta.scalar_type());
@@ -129,14 +128,12 @@ at::Tensor augment_affine_cuda(const at::Tensor& input, const at::Tensor& theta,
                    x.stride(0), x.stride(1), x.stride(2),   x.stride(3),   out.stride(0), out.stride(1),
                    out.stride(2), out.stride(3)};
 
-  const int64_t total = batch * out_size[0] * out_size[1];
-  const int64_t max_blocks = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
-  const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, max_blocks));
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const unsigned blocks = cuda::grid_for(batch * out_size[0] * out_size[1]);
+  const cudaStream_t stream = cuda::current_stream();
   auto launch = [&](auto in_tag, auto acc_tag) {
     using in_t = decltype(in_tag);
     using acc_t = decltype(acc_tag);
-    augment_affine_kernel<in_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+    augment_affine_kernel<in_t, acc_t><<<blocks, cuda::kBlockThreads, 0, stream>>>(
         x.const_data_ptr<in_t>(), theta_d.const_data_ptr<acc_t>(), mean_d.const_data_ptr<acc_t>(),
         std_d.const_data_ptr<acc_t>(), out.mutable_data_ptr<acc_t>(), g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
