@@ -22,7 +22,9 @@ import fastcnn
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: needs a CUDA GPU and fastcnn's CUDA kernels (skipped otherwise)")
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA GPU and fastcnn's CUDA kernels (skipped otherwise)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -115,14 +115,19 @@ def test_activation_backward_op(activation, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_nan_and_inf(device):
-    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e308, -1e308, 800.0, -800.0],
-                     dtype=torch.float64, device=device)
+    x = torch.tensor(
+        [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e308, -1e308, 800.0, -800.0],
+        dtype=torch.float64,
+        device=device,
+    )
     for name, (ours, theirs) in UNARY.items():
         assert_close(ours(x), theirs(x), name=name)
     for activation in ACTIVATIONS:
         y = torch.tensor([1.0, float("nan"), 2.0, float("inf"), 0.5], dtype=torch.float64, device=device)
         z = torch.tensor([float("nan"), 1.0, -float("inf"), 1.0, -0.5], dtype=torch.float64, device=device)
-        assert_close(ops.add(y, z, activation=activation), TORCH_ACT[activation](y + z), name=f"add {activation}")
+        assert_close(
+            ops.add(y, z, activation=activation), TORCH_ACT[activation](y + z), name=f"add {activation}"
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -153,7 +158,9 @@ def test_add_gradcheck(activation, device):
 def test_elementwise_opcheck(device):
     for layout in (LAYOUTS[0], LAYOUTS[1], LAYOUTS[4]):
         for name in UNARY:
-            torch.library.opcheck(getattr(torch.ops.fastcnn, name).default, (_make(layout, torch.float64, device),))
+            torch.library.opcheck(
+                getattr(torch.ops.fastcnn, name).default, (_make(layout, torch.float64, device),)
+            )
         for code in range(4):
             args = (_make(layout, torch.float64, device), _make(layout, torch.float64, device), code)
             torch.library.opcheck(torch.ops.fastcnn.add.default, args)
@@ -182,14 +189,26 @@ BAD = [
     ("add-meta-direct", lambda: torch.ops.fastcnn.add(_t(2, 3, device="meta"), _t(2, 3), 0), r"other|input"),
     ("add-activation-unknown", lambda: ops.add(_t(2, 3), _t(2, 3), activation="elu"), r"activation"),
     ("add-activation-code-direct", lambda: torch.ops.fastcnn.add(_t(2, 3), _t(2, 3), 9), r"activation"),
-    ("activation-backward-shape-direct",
-     lambda: torch.ops.fastcnn.activation_backward(_t(2, 3), _t(3, 2), 1), r"grad_output"),
-    ("activation-backward-dtype-direct",
-     lambda: torch.ops.fastcnn.activation_backward(_t(2, 3).double(), _t(2, 3), 1), r"grad_output"),
-    ("activation-backward-code-direct",
-     lambda: torch.ops.fastcnn.activation_backward(_t(2, 3), _t(2, 3), -2), r"activation"),
-    ("activation-backward-meta-direct",
-     lambda: torch.ops.fastcnn.activation_backward(_t(2, 3, device="meta"), _t(2, 3), 1), r"grad_output|output"),
+    (
+        "activation-backward-shape-direct",
+        lambda: torch.ops.fastcnn.activation_backward(_t(2, 3), _t(3, 2), 1),
+        r"grad_output",
+    ),
+    (
+        "activation-backward-dtype-direct",
+        lambda: torch.ops.fastcnn.activation_backward(_t(2, 3).double(), _t(2, 3), 1),
+        r"grad_output",
+    ),
+    (
+        "activation-backward-code-direct",
+        lambda: torch.ops.fastcnn.activation_backward(_t(2, 3), _t(2, 3), -2),
+        r"activation",
+    ),
+    (
+        "activation-backward-meta-direct",
+        lambda: torch.ops.fastcnn.activation_backward(_t(2, 3, device="meta"), _t(2, 3), 1),
+        r"grad_output|output",
+    ),
 ]
 
 

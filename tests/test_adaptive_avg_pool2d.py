@@ -55,8 +55,10 @@ def test_adaptive_avg_pool2d_matches_torch(case, dtype, device):
 def test_adaptive_avg_pool2d_backward_op(channels_last, device):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = make_tensor((2, 3, 7, 8), device=device, memory_format=fmt)
-    for g in (make_tensor((2, 3, 3, 5), device=device, memory_format=fmt),
-              make_tensor((2, 3, 3, 5), device=device, noncontiguous=True)):
+    for g in (
+        make_tensor((2, 3, 3, 5), device=device, memory_format=fmt),
+        make_tensor((2, 3, 3, 5), device=device, noncontiguous=True),
+    ):
         got = torch.ops.fastcnn.adaptive_avg_pool2d_backward(g, x)
         xr = reference_copy(x).requires_grad_()
         F.adaptive_avg_pool2d(xr, (3, 5)).backward(g)
@@ -84,7 +86,10 @@ def test_adaptive_avg_pool2d_gradcheck(shape, size, device):
 def _opcheck_samples(device):
     return [
         (make_tensor((2, 3, 6, 7), device=device, requires_grad=True), [2, 3]),
-        (make_tensor((2, 3, 7, 7), device=device, memory_format=torch.channels_last, requires_grad=True), [1, 1]),
+        (
+            make_tensor((2, 3, 7, 7), device=device, memory_format=torch.channels_last, requires_grad=True),
+            [1, 1],
+        ),
         (make_tensor((1, 2, 5, 6), device=device, requires_grad=True), [7, 4]),
     ]
 
@@ -100,7 +105,9 @@ def test_adaptive_avg_pool2d_backward_opcheck(device):
     for x, size in _opcheck_samples(device):
         x = x.detach()
         out = torch.ops.fastcnn.adaptive_avg_pool2d(x, size)
-        torch.library.opcheck(torch.ops.fastcnn.adaptive_avg_pool2d_backward.default, (torch.randn_like(out), x))
+        torch.library.opcheck(
+            torch.ops.fastcnn.adaptive_avg_pool2d_backward.default, (torch.randn_like(out), x)
+        )
 
 
 def _t(*shape, dtype=torch.float32, device="cpu"):
@@ -109,26 +116,40 @@ def _t(*shape, dtype=torch.float32, device="cpu"):
 
 BAD = [
     ("int-input", lambda: ops.adaptive_avg_pool2d(_t(1, 2, 4, 4).int(), 2), r"input"),
-    ("int-input-direct", lambda: torch.ops.fastcnn.adaptive_avg_pool2d(_t(1, 2, 4, 4).long(), [2, 2]), r"input"),
+    (
+        "int-input-direct",
+        lambda: torch.ops.fastcnn.adaptive_avg_pool2d(_t(1, 2, 4, 4).long(), [2, 2]),
+        r"input",
+    ),
     ("fp16-cpu", lambda: ops.adaptive_avg_pool2d(_t(1, 2, 4, 4).half(), 2), r"input.*float"),
     ("input-2d", lambda: ops.adaptive_avg_pool2d(_t(4, 4), 2), r"input"),
     ("input-3d-direct", lambda: torch.ops.fastcnn.adaptive_avg_pool2d(_t(2, 4, 4), [2, 2]), r"input"),
     ("output-size-zero", lambda: ops.adaptive_avg_pool2d(_t(1, 2, 4, 4), 0), r"output_size"),
     ("output-size-negative", lambda: ops.adaptive_avg_pool2d(_t(1, 2, 4, 4), (2, -1)), r"output_size"),
     ("output-size-triple", lambda: ops.adaptive_avg_pool2d(_t(1, 2, 4, 4), (2, 2, 2)), r"output_size"),
-    ("output-size-zero-direct", lambda: torch.ops.fastcnn.adaptive_avg_pool2d(_t(1, 2, 4, 4), [0, 2]),
-     r"output_size"),
+    (
+        "output-size-zero-direct",
+        lambda: torch.ops.fastcnn.adaptive_avg_pool2d(_t(1, 2, 4, 4), [0, 2]),
+        r"output_size",
+    ),
     ("empty-batch", lambda: ops.adaptive_avg_pool2d(_t(0, 2, 4, 4), 2), r"batch"),
     ("empty-batch-direct", lambda: torch.ops.fastcnn.adaptive_avg_pool2d(_t(0, 2, 4, 4), [2, 2]), r"batch"),
     ("empty-spatial-direct", lambda: torch.ops.fastcnn.adaptive_avg_pool2d(_t(1, 2, 0, 4), [2, 2]), r"input"),
-    ("backward-grad-dims-direct",
-     lambda: torch.ops.fastcnn.adaptive_avg_pool2d_backward(_t(1, 3, 2, 2), _t(1, 2, 4, 4)), r"grad_output"),
-    ("backward-grad-dtype-direct",
-     lambda: torch.ops.fastcnn.adaptive_avg_pool2d_backward(_t(1, 2, 2, 2).double(), _t(1, 2, 4, 4)),
-     r"grad_output"),
-    ("backward-grad-meta-direct",
-     lambda: torch.ops.fastcnn.adaptive_avg_pool2d_backward(_t(1, 2, 2, 2, device="meta"), _t(1, 2, 4, 4)),
-     r"grad_output"),
+    (
+        "backward-grad-dims-direct",
+        lambda: torch.ops.fastcnn.adaptive_avg_pool2d_backward(_t(1, 3, 2, 2), _t(1, 2, 4, 4)),
+        r"grad_output",
+    ),
+    (
+        "backward-grad-dtype-direct",
+        lambda: torch.ops.fastcnn.adaptive_avg_pool2d_backward(_t(1, 2, 2, 2).double(), _t(1, 2, 4, 4)),
+        r"grad_output",
+    ),
+    (
+        "backward-grad-meta-direct",
+        lambda: torch.ops.fastcnn.adaptive_avg_pool2d_backward(_t(1, 2, 2, 2, device="meta"), _t(1, 2, 4, 4)),
+        r"grad_output",
+    ),
 ]
 
 

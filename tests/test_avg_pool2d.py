@@ -7,11 +7,12 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, TOL, assert_close, assert_memory_format, make_tensor, reference_copy
+from conftest import DEVICES, assert_close, assert_memory_format, make_tensor, reference_copy
 
 from fastcnn import ops
 
-# (input shape, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override, channels_last, strided)
+# (input shape, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override,
+#  channels_last, strided)
 HAND_PICKED = [
     ((2, 3, 8, 8), 2, None, 0, False, True, None, False, False),
     ((1, 2, 7, 9), 3, 2, 1, False, True, None, False, False),  # batch 1, padding counted
@@ -52,8 +53,14 @@ CASES = HAND_PICKED + _random_cases(14, seed=2718)
 
 def _id(case):
     shape, k, s, p, ceil, cip, div, cl, strided = case
-    text = f"{'x'.join(map(str, shape))}-k{k}-s{s}-p{p}" + ("-ceil" if ceil else "") + ("-cip" if cip else "-nopad")
-    text += (f"-div{div}" if div is not None else "") + ("-cl" if cl else "") + ("-strided" if strided else "")
+    text = (
+        f"{'x'.join(map(str, shape))}-k{k}-s{s}-p{p}"
+        + ("-ceil" if ceil else "")
+        + ("-cip" if cip else "-nopad")
+    )
+    text += (
+        (f"-div{div}" if div is not None else "") + ("-cl" if cl else "") + ("-strided" if strided else "")
+    )
     return text.replace(" ", "").replace("(", "").replace(")", "").replace(",", "_")
 
 
@@ -83,8 +90,10 @@ def test_avg_pool2d_backward_op(channels_last, device):
     args = ([3, 3], [2, 1], [1, 1], True, False, None)
     x = make_tensor((2, 3, 7, 8), device=device, memory_format=fmt)
     out = F.avg_pool2d(x, *args)
-    for g in (make_tensor(out.shape, device=device, memory_format=fmt),
-              make_tensor(out.shape, device=device, noncontiguous=True)):
+    for g in (
+        make_tensor(out.shape, device=device, memory_format=fmt),
+        make_tensor(out.shape, device=device, noncontiguous=True),
+    ):
         got = torch.ops.fastcnn.avg_pool2d_backward(g, x, *args)
         xr = reference_copy(x).requires_grad_()
         F.avg_pool2d(xr, *args).backward(g)
@@ -140,7 +149,9 @@ def test_avg_pool2d_backward_opcheck(device):
     for x, *args in _opcheck_samples(device):
         x = x.detach()
         out = torch.ops.fastcnn.avg_pool2d(x, *args)
-        torch.library.opcheck(torch.ops.fastcnn.avg_pool2d_backward.default, (torch.randn_like(out), x, *args))
+        torch.library.opcheck(
+            torch.ops.fastcnn.avg_pool2d_backward.default, (torch.randn_like(out), x, *args)
+        )
 
 
 def _t(*shape, dtype=torch.float32, device="cpu"):
@@ -168,15 +179,27 @@ BAD = [
     ("divisor-zero-direct", lambda: _direct(_t(1, 2, 4, 4), div=0), r"divisor_override"),
     ("empty-batch", lambda: ops.avg_pool2d(_t(0, 2, 4, 4), 2), r"batch"),
     ("empty-batch-direct", lambda: _direct(_t(0, 2, 4, 4)), r"batch"),
-    ("backward-grad-shape-direct",
-     lambda: torch.ops.fastcnn.avg_pool2d_backward(_t(1, 2, 3, 3), _t(1, 2, 4, 4), [2, 2], [2, 2], [0, 0], False,
-                                                   True, None), r"grad_output"),
-    ("backward-grad-dtype-direct",
-     lambda: torch.ops.fastcnn.avg_pool2d_backward(_t(1, 2, 2, 2).double(), _t(1, 2, 4, 4), [2, 2], [2, 2],
-                                                   [0, 0], False, True, None), r"grad_output"),
-    ("backward-grad-meta-direct",
-     lambda: torch.ops.fastcnn.avg_pool2d_backward(_t(1, 2, 2, 2, device="meta"), _t(1, 2, 4, 4), [2, 2],
-                                                   [2, 2], [0, 0], False, True, None), r"grad_output"),
+    (
+        "backward-grad-shape-direct",
+        lambda: torch.ops.fastcnn.avg_pool2d_backward(
+            _t(1, 2, 3, 3), _t(1, 2, 4, 4), [2, 2], [2, 2], [0, 0], False, True, None
+        ),
+        r"grad_output",
+    ),
+    (
+        "backward-grad-dtype-direct",
+        lambda: torch.ops.fastcnn.avg_pool2d_backward(
+            _t(1, 2, 2, 2).double(), _t(1, 2, 4, 4), [2, 2], [2, 2], [0, 0], False, True, None
+        ),
+        r"grad_output",
+    ),
+    (
+        "backward-grad-meta-direct",
+        lambda: torch.ops.fastcnn.avg_pool2d_backward(
+            _t(1, 2, 2, 2, device="meta"), _t(1, 2, 4, 4), [2, 2], [2, 2], [0, 0], False, True, None
+        ),
+        r"grad_output",
+    ),
 ]
 
 

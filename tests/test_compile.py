@@ -126,8 +126,15 @@ def test_compile_matches_torch_network():
     def reference(x):
         m = model
         h = m.pool(F.relu(F.conv2d(x, m.stem.weight, m.stem.bias, padding=1)))
-        h = F.relu(F.conv2d(F.relu(F.conv2d(h, m.conv1.weight, m.conv1.bias, padding=1)), m.conv2.weight,
-                            m.conv2.bias, padding=1) + h)
+        h = F.relu(
+            F.conv2d(
+                F.relu(F.conv2d(h, m.conv1.weight, m.conv1.bias, padding=1)),
+                m.conv2.weight,
+                m.conv2.bias,
+                padding=1,
+            )
+            + h
+        )
         a = torch.sigmoid(F.conv2d(h, m.dw.weight, m.dw.bias, stride=2, padding=1, groups=8))
         h = F.relu(a + F.conv2d(h, m.down.weight, None, stride=2))
         h = F.adaptive_avg_pool2d(F.avg_pool2d(h, 2, ceil_mode=True), 1)

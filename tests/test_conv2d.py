@@ -77,7 +77,9 @@ class ConvCase:
 HAND_PICKED = [
     ConvCase(2, 3, 4, (7, 9), (3, 3), padding=1),  # plain, batch > 1, odd sizes
     ConvCase(1, 3, 5, (5, 7), (3, 3), stride=2, activation="relu", residual=True),  # batch 1, stride 2
-    ConvCase(2, 4, 4, (11, 10), (3, 3), stride=3, padding=2, dilation=2, activation="sigmoid", channels_last=True),
+    ConvCase(
+        2, 4, 4, (11, 10), (3, 3), stride=3, padding=2, dilation=2, activation="sigmoid", channels_last=True
+    ),
     ConvCase(2, 3, 4, (9, 8), (3, 3), padding="same", dilation=2, activation="tanh", residual=True),
     ConvCase(2, 3, 2, (6, 7), (4, 4), padding="same", activation="relu"),  # even kernel: asymmetric "same"
     ConvCase(1, 2, 3, (5, 6), (2, 3), padding="same", bias=False, residual=True, channels_last=True),
@@ -85,10 +87,33 @@ HAND_PICKED = [
     ConvCase(2, 3, 4, (8, 7), (3, 2), stride=(1, 2), padding="valid", activation="tanh"),
     ConvCase(2, 4, 6, (7, 7), (3, 3), padding=1, groups=2, bias=False, activation="relu"),  # groups 2
     ConvCase(2, 5, 5, (9, 9), (3, 3), padding=1, groups=5, residual=True),  # depthwise, multiplier 1
-    ConvCase(2, 3, 6, (8, 9), (5, 5), stride=2, padding=2, groups=3, activation="relu", residual=True,
-             channels_last=True),  # depthwise, multiplier 2
-    ConvCase(2, 4, 8, (6, 6), (3, 3), stride=1, padding=1, groups=4, dilation=2, channels_last=True,
-             noncontiguous=True, activation="tanh"),  # depthwise mult 2, strided channels_last view
+    ConvCase(
+        2,
+        3,
+        6,
+        (8, 9),
+        (5, 5),
+        stride=2,
+        padding=2,
+        groups=3,
+        activation="relu",
+        residual=True,
+        channels_last=True,
+    ),  # depthwise, multiplier 2
+    ConvCase(
+        2,
+        4,
+        8,
+        (6, 6),
+        (3, 3),
+        stride=1,
+        padding=1,
+        groups=4,
+        dilation=2,
+        channels_last=True,
+        noncontiguous=True,
+        activation="tanh",
+    ),  # depthwise mult 2, strided channels_last view
     ConvCase(2, 3, 4, (7, 6), (3, 3), padding=1, noncontiguous=True, activation="sigmoid", residual=True),
     ConvCase(None, 3, 4, (7, 5), (3, 3), padding=1, activation="relu", residual=True),  # unbatched
     ConvCase(None, 4, 4, (6, 6), (3, 3), padding="same", groups=4, bias=False),  # unbatched depthwise
@@ -96,8 +121,9 @@ HAND_PICKED = [
     ConvCase(2, 3, 2, (5, 5), (5, 5), activation="tanh", residual=True),  # kernel covers input: 1x1 out
     ConvCase(2, 3, 4, (10, 9), (3, 2), stride=(1, 3), padding=(0, 2), dilation=(2, 1), channels_last=True),
     ConvCase(1, 1, 1, (4, 5), (2, 2), activation="relu"),  # single channel
-    ConvCase(2, 8, 16, (12, 13), (3, 3), stride=2, padding=1, activation="relu", residual=True,
-             channels_last=True),  # a size with some reduction depth (72 per output)
+    ConvCase(
+        2, 8, 16, (12, 13), (3, 3), stride=2, padding=1, activation="relu", residual=True, channels_last=True
+    ),  # a size with some reduction depth (72 per output)
 ]
 
 
@@ -126,7 +152,11 @@ def _random_cases(count: int, seed: int) -> list[ConvCase]:
             padding = rng.randint(0, 2)
         elif padding == "pair":
             padding = (rng.randint(0, 2), rng.randint(0, 3))
-        pads = (0, 0) if padding in ("same", "valid") else (padding if isinstance(padding, tuple) else (padding,) * 2)
+        pads = (
+            (0, 0)
+            if padding in ("same", "valid")
+            else (padding if isinstance(padding, tuple) else (padding,) * 2)
+        )
         if any(
             (size[i] + 2 * pads[i] - dilation[i] * (kernel[i] - 1) - 1) < 0 for i in range(2)
         ):  # output would be empty: not a valid case
@@ -171,7 +201,9 @@ def _run_case(case: ConvCase, dtype, device):
     w = make_tensor(case.weight_shape(), dtype, device, requires_grad=True)
     b = make_tensor((case.out_channels,), dtype, device, requires_grad=True) if case.bias else None
     with torch.no_grad():
-        out_shape = F.conv2d(x.double(), w.double(), None, case.stride, case.padding, case.dilation, case.groups).shape
+        out_shape = F.conv2d(
+            x.double(), w.double(), None, case.stride, case.padding, case.dilation, case.groups
+        ).shape
     r = make_tensor(out_shape, dtype, device, fmt, requires_grad=True) if case.residual else None
 
     out = ops.conv2d(
@@ -203,7 +235,9 @@ def test_conv2d_each_activation_with_and_without_residual(activation, device):
     for residual in (False, True):
         for bias in (False, True):
             _run_case(
-                ConvCase(2, 3, 4, (6, 5), (3, 3), padding=1, bias=bias, activation=activation, residual=residual),
+                ConvCase(
+                    2, 3, 4, (6, 5), (3, 3), padding=1, bias=bias, activation=activation, residual=residual
+                ),
                 torch.float64,
                 device,
             )
@@ -242,7 +276,14 @@ def test_conv2d_partial_requires_grad(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
-    "mask", [(True, True, True), (True, False, False), (False, True, False), (False, False, True), (False, True, True)]
+    "mask",
+    [
+        (True, True, True),
+        (True, False, False),
+        (False, True, False),
+        (False, False, True),
+        (False, True, True),
+    ],
 )
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
@@ -313,19 +354,60 @@ def test_conv2d_nan_propagates(activation, device):
 # --------------------------------------------------------------------------------------------------------
 
 GRADCHECK_CASES = [
-    dict(x=(1, 2, 5, 5), w=(3, 2, 3, 3), stride=2, padding=1, dilation=1, groups=1, act="tanh", res=True, cl=False),
-    dict(x=(2, 2, 4, 5), w=(4, 1, 3, 2), stride=1, padding=(1, 0), dilation=(2, 1), groups=2, act="sigmoid",
-         res=True, cl=True),
-    dict(x=(1, 3, 5, 4), w=(2, 3, 2, 2), stride=(1, 2), padding=0, dilation=1, groups=1, act="relu", res=False,
-         cl=False),
-    dict(x=(1, 2, 4, 4), w=(2, 1, 2, 2), stride=1, padding="same", dilation=1, groups=2, act=None, res=True,
-         cl=False),
-    dict(x=(3, 4, 5), w=(2, 3, 3, 3), stride=1, padding=1, dilation=1, groups=1, act="tanh", res=True, cl=False),
+    dict(
+        x=(1, 2, 5, 5),
+        w=(3, 2, 3, 3),
+        stride=2,
+        padding=1,
+        dilation=1,
+        groups=1,
+        act="tanh",
+        res=True,
+        cl=False,
+    ),
+    dict(
+        x=(2, 2, 4, 5),
+        w=(4, 1, 3, 2),
+        stride=1,
+        padding=(1, 0),
+        dilation=(2, 1),
+        groups=2,
+        act="sigmoid",
+        res=True,
+        cl=True,
+    ),
+    dict(
+        x=(1, 3, 5, 4),
+        w=(2, 3, 2, 2),
+        stride=(1, 2),
+        padding=0,
+        dilation=1,
+        groups=1,
+        act="relu",
+        res=False,
+        cl=False,
+    ),
+    dict(
+        x=(1, 2, 4, 4),
+        w=(2, 1, 2, 2),
+        stride=1,
+        padding="same",
+        dilation=1,
+        groups=2,
+        act=None,
+        res=True,
+        cl=False,
+    ),
+    dict(
+        x=(3, 4, 5), w=(2, 3, 3, 3), stride=1, padding=1, dilation=1, groups=1, act="tanh", res=True, cl=False
+    ),
 ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=lambda c: f"{c['w']}-{c['act']}-res{c['res']}-cl{c['cl']}")
+@pytest.mark.parametrize(
+    "case", GRADCHECK_CASES, ids=lambda c: f"{c['w']}-{c['act']}-res{c['res']}-cl{c['cl']}"
+)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_conv2d_gradcheck(case, bias, device):
     fmt = torch.channels_last if case["cl"] else torch.contiguous_format
@@ -333,13 +415,22 @@ def test_conv2d_gradcheck(case, bias, device):
     w = make_tensor(case["w"], device=device, requires_grad=True)
     b = make_tensor((case["w"][0],), device=device, requires_grad=True) if bias else None
     with torch.no_grad():
-        out_shape = F.conv2d(x, w, None, case["stride"], case["padding"], case["dilation"], case["groups"]).shape
+        out_shape = F.conv2d(
+            x, w, None, case["stride"], case["padding"], case["dilation"], case["groups"]
+        ).shape
     r = make_tensor(out_shape, device=device, requires_grad=True) if case["res"] else None
 
     def fn(x, w, b, r):
         return ops.conv2d(
-            x, w, b, case["stride"], case["padding"], case["dilation"], case["groups"],
-            activation=case["act"], residual=r,
+            x,
+            w,
+            b,
+            case["stride"],
+            case["padding"],
+            case["dilation"],
+            case["groups"],
+            activation=case["act"],
+            residual=r,
         )
 
     assert torch.autograd.gradcheck(fn, (x, w, b, r))
@@ -378,10 +469,18 @@ def test_conv2d_opcheck(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_conv2d_backward_opcheck(device):
-    for x, w, b, stride, padding, dilation, groups, act, r in _opcheck_conv_samples(device):
+    for x, w, b, stride, padding, dilation, groups, act, _ in _opcheck_conv_samples(device):
         x, w = x.detach(), w.detach()
-        y = ops.conv2d(x, w, b if b is None else b.detach(), stride, padding, dilation, groups,
-                       activation=[None, "relu", "sigmoid", "tanh"][act])
+        y = ops.conv2d(
+            x,
+            w,
+            b if b is None else b.detach(),
+            stride,
+            padding,
+            dilation,
+            groups,
+            activation=[None, "relu", "sigmoid", "tanh"][act],
+        )
         g = torch.randn_like(y)
         for mask in ([True, True, True], [True, False, False], [False, True, True]):
             args = (g, x, w, y if act else None, stride, padding, dilation, groups, act, mask)
@@ -407,61 +506,148 @@ BAD_CONV = [
     ("int-input-direct", lambda: _direct(_t(1, 3, 5, 5).int(), _t(2, 3, 3, 3).int()), r"input"),
     ("fp16-cpu", lambda: ops.conv2d(_t(1, 3, 5, 5).half(), _t(2, 3, 3, 3).half()), r"input.*float"),
     ("fp16-cpu-direct", lambda: _direct(_t(1, 3, 5, 5).half(), _t(2, 3, 3, 3).half()), r"input.*float"),
-    ("bf16-cpu-direct", lambda: _direct(_t(1, 3, 5, 5).bfloat16(), _t(2, 3, 3, 3).bfloat16()), r"input.*float"),
+    (
+        "bf16-cpu-direct",
+        lambda: _direct(_t(1, 3, 5, 5).bfloat16(), _t(2, 3, 3, 3).bfloat16()),
+        r"input.*float",
+    ),
     ("weight-dtype", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3).double()), r"weight"),
     ("bias-dtype-direct", lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), _t(2).double()), r"bias"),
     ("weight-meta", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3, device="meta")), r"weight"),
     ("weight-meta-direct", lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3, device="meta")), r"weight"),
     ("input-meta-direct", lambda: _direct(_t(1, 3, 5, 5, device="meta"), _t(2, 3, 3, 3)), r"weight|input"),
     ("bias-meta-direct", lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), _t(2, device="meta")), r"bias"),
-    ("residual-meta-direct",
-     lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), r=_t(1, 2, 3, 3, device="meta")), r"residual"),
+    (
+        "residual-meta-direct",
+        lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), r=_t(1, 2, 3, 3, device="meta")),
+        r"residual",
+    ),
     ("input-2d", lambda: ops.conv2d(_t(3, 5), _t(2, 3, 3, 3)), r"input"),
     ("input-5d", lambda: ops.conv2d(_t(1, 1, 3, 5, 5), _t(2, 3, 3, 3)), r"input"),
     ("input-3d-direct", lambda: _direct(_t(3, 5, 5), _t(2, 3, 3, 3)), r"input"),
     ("weight-3d", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3)), r"weight"),
     ("in-channels", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 2, 3, 3)), r"channels"),
-    ("in-channels-groups-direct", lambda: _direct(_t(1, 4, 5, 5), _t(4, 1, 3, 3), groups=2), r"channels|groups"),
+    (
+        "in-channels-groups-direct",
+        lambda: _direct(_t(1, 4, 5, 5), _t(4, 1, 3, 3), groups=2),
+        r"channels|groups",
+    ),
     ("groups-divides-input", lambda: ops.conv2d(_t(1, 4, 5, 5), _t(3, 1, 3, 3), groups=3), r"groups"),
     ("groups-divides-output-direct", lambda: _direct(_t(1, 4, 5, 5), _t(3, 2, 3, 3), groups=2), r"groups"),
     ("groups-zero-direct", lambda: _direct(_t(1, 4, 5, 5), _t(4, 4, 3, 3), groups=0), r"groups"),
     ("stride-zero", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), stride=0), r"stride"),
     ("stride-negative-direct", lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), stride=(1, -1)), r"stride"),
     ("dilation-zero", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), dilation=(0, 1)), r"dilation"),
-    ("dilation-negative-direct", lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), dilation=(-1, 1)), r"dilation"),
+    (
+        "dilation-negative-direct",
+        lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), dilation=(-1, 1)),
+        r"dilation",
+    ),
     ("kernel-empty", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 0, 3)), r"weight|kernel"),
     ("padding-negative", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), padding=-1), r"padding"),
     ("padding-negative-direct", lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), padding=(0, -2)), r"padding"),
     ("padding-unknown", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), padding="full"), r"padding"),
-    ("padding-same-strided", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), stride=2, padding="same"),
-     r"padding|stride"),
+    (
+        "padding-same-strided",
+        lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), stride=2, padding="same"),
+        r"padding|stride",
+    ),
     ("output-too-small", lambda: ops.conv2d(_t(1, 3, 2, 2), _t(2, 3, 3, 3)), r"output size"),
-    ("output-too-small-dilated-direct", lambda: _direct(_t(1, 3, 4, 4), _t(2, 3, 3, 3), dilation=(2, 2)),
-     r"output size"),
-    ("residual-shape", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), residual=_t(1, 2, 5, 5)), r"residual"),
+    (
+        "output-too-small-dilated-direct",
+        lambda: _direct(_t(1, 3, 4, 4), _t(2, 3, 3, 3), dilation=(2, 2)),
+        r"output size",
+    ),
+    (
+        "residual-shape",
+        lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), residual=_t(1, 2, 5, 5)),
+        r"residual",
+    ),
     ("residual-shape-direct", lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), r=_t(1, 2, 3, 4)), r"residual"),
-    ("residual-dtype-direct", lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), r=_t(1, 2, 3, 3).double()),
-     r"residual"),
+    (
+        "residual-dtype-direct",
+        lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), r=_t(1, 2, 3, 3).double()),
+        r"residual",
+    ),
     ("bias-shape", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), _t(3)), r"bias"),
-    ("activation-unknown", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), activation="gelu"), r"activation"),
+    (
+        "activation-unknown",
+        lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), activation="gelu"),
+        r"activation",
+    ),
     ("activation-code-direct", lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), act=7), r"activation"),
-    ("activation-code-negative-direct", lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), act=-1), r"activation"),
+    (
+        "activation-code-negative-direct",
+        lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), act=-1),
+        r"activation",
+    ),
     ("empty-batch", lambda: ops.conv2d(_t(0, 3, 5, 5), _t(2, 3, 3, 3)), r"batch"),
     ("empty-batch-direct", lambda: _direct(_t(0, 3, 5, 5), _t(2, 3, 3, 3)), r"batch"),
     # the backward op checks its own arguments too
-    ("backward-grad-shape-direct",
-     lambda: torch.ops.fastcnn.conv2d_backward(_t(1, 2, 4, 4), _t(1, 3, 5, 5), _t(2, 3, 3, 3), None, [1, 1],
-                                               [0, 0], [1, 1], 1, 0, [True, True, True]), r"grad_output"),
-    ("backward-grad-dtype-direct",
-     lambda: torch.ops.fastcnn.conv2d_backward(_t(1, 2, 3, 3).double(), _t(1, 3, 5, 5), _t(2, 3, 3, 3), None,
-                                               [1, 1], [0, 0], [1, 1], 1, 0, [True, True, True]), r"grad_output"),
-    ("backward-missing-output-direct",
-     lambda: torch.ops.fastcnn.conv2d_backward(_t(1, 2, 3, 3), _t(1, 3, 5, 5), _t(2, 3, 3, 3), None, [1, 1],
-                                               [0, 0], [1, 1], 1, 1, [True, True, True]), r"output"),
-    ("backward-grad-meta-direct",
-     lambda: torch.ops.fastcnn.conv2d_backward(_t(1, 2, 3, 3, device="meta"), _t(1, 3, 5, 5), _t(2, 3, 3, 3),
-                                               None, [1, 1], [0, 0], [1, 1], 1, 0, [True, True, True]),
-     r"grad_output"),
+    (
+        "backward-grad-shape-direct",
+        lambda: torch.ops.fastcnn.conv2d_backward(
+            _t(1, 2, 4, 4),
+            _t(1, 3, 5, 5),
+            _t(2, 3, 3, 3),
+            None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+            0,
+            [True, True, True],
+        ),
+        r"grad_output",
+    ),
+    (
+        "backward-grad-dtype-direct",
+        lambda: torch.ops.fastcnn.conv2d_backward(
+            _t(1, 2, 3, 3).double(),
+            _t(1, 3, 5, 5),
+            _t(2, 3, 3, 3),
+            None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+            0,
+            [True, True, True],
+        ),
+        r"grad_output",
+    ),
+    (
+        "backward-missing-output-direct",
+        lambda: torch.ops.fastcnn.conv2d_backward(
+            _t(1, 2, 3, 3),
+            _t(1, 3, 5, 5),
+            _t(2, 3, 3, 3),
+            None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+            1,
+            [True, True, True],
+        ),
+        r"output",
+    ),
+    (
+        "backward-grad-meta-direct",
+        lambda: torch.ops.fastcnn.conv2d_backward(
+            _t(1, 2, 3, 3, device="meta"),
+            _t(1, 3, 5, 5),
+            _t(2, 3, 3, 3),
+            None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+            0,
+            [True, True, True],
+        ),
+        r"grad_output",
+    ),
 ]
 
 
@@ -477,7 +663,9 @@ def test_conv2d_bad_input(call, match):
 
 CUDA_CASES = [
     ConvCase(2, 8, 16, (12, 11), (3, 3), padding=1, activation="relu", residual=True),
-    ConvCase(2, 8, 16, (12, 11), (3, 3), stride=2, padding=1, groups=8, activation="sigmoid", channels_last=True),
+    ConvCase(
+        2, 8, 16, (12, 11), (3, 3), stride=2, padding=1, groups=8, activation="sigmoid", channels_last=True
+    ),
     ConvCase(1, 16, 8, (9, 9), (1, 1), activation="tanh", channels_last=True),
     ConvCase(2, 6, 12, (10, 10), (4, 4), padding="same", groups=2, residual=True),
 ]
@@ -489,7 +677,9 @@ def _cuda_operands(case, dtype):
     w = make_tensor(case.weight_shape(), dtype, "cuda", requires_grad=True)
     b = make_tensor((case.out_channels,), dtype, "cuda", requires_grad=True) if case.bias else None
     with torch.no_grad():
-        shape = F.conv2d(x.double(), w.double(), None, case.stride, case.padding, case.dilation, case.groups).shape
+        shape = F.conv2d(
+            x.double(), w.double(), None, case.stride, case.padding, case.dilation, case.groups
+        ).shape
     r = make_tensor(shape, dtype, "cuda", fmt, requires_grad=True) if case.residual else None
     return x, w, b, r
 
@@ -509,8 +699,9 @@ def _assert_rel(out, ref, tol, name):
 @pytest.mark.parametrize("case", CUDA_CASES, ids=str)
 def test_conv2d_cuda_reduced_precision(case, dtype):
     x, w, b, r = _cuda_operands(case, dtype)
-    out = ops.conv2d(x, w, b, case.stride, case.padding, case.dilation, case.groups,
-                     activation=case.activation, residual=r)
+    out = ops.conv2d(
+        x, w, b, case.stride, case.padding, case.dilation, case.groups, activation=case.activation, residual=r
+    )
     assert out.dtype == dtype
     assert_memory_format(out, x)
     xr, wr, br, rr = (reference_copy(t) for t in (x, w, b, r))
@@ -532,8 +723,9 @@ def test_conv2d_cuda_tf32(case, tf32):
     torch.backends.cuda.matmul.allow_tf32 = tf32
     tol = 1e-3 if tf32 else 1e-5
     x, w, b, r = _cuda_operands(case, torch.float32)
-    out = ops.conv2d(x, w, b, case.stride, case.padding, case.dilation, case.groups,
-                     activation=case.activation, residual=r)
+    out = ops.conv2d(
+        x, w, b, case.stride, case.padding, case.dilation, case.groups, activation=case.activation, residual=r
+    )
     xr, wr, br, rr = (reference_copy(t) for t in (x, w, b, r))
     ref = _torch_conv(case, xr, wr, br, rr)
     _assert_rel(out, ref, tol, "output")

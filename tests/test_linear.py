@@ -37,7 +37,8 @@ CASES = [
 
 def _case_id(case):
     shape, out, bias, act, strided = case
-    return f"{'x'.join(map(str, shape))}-o{out}-{'bias' if bias else 'nobias'}-{act}{'-strided' if strided else ''}"
+    text = f"{'x'.join(map(str, shape))}-o{out}-{'bias' if bias else 'nobias'}-{act}"
+    return text + ("-strided" if strided else "")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -77,7 +78,9 @@ def test_linear_every_activation(activation, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("mask", [(True, True, True), (True, False, False), (False, True, False), (False, False, True)])
+@pytest.mark.parametrize(
+    "mask", [(True, True, True), (True, False, False), (False, True, False), (False, False, True)]
+)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_linear_backward_op(mask, activation, device):
     x = make_tensor((2, 3, 6), device=device)
@@ -89,8 +92,9 @@ def test_linear_backward_op(mask, activation, device):
     got = torch.ops.fastcnn.linear_backward(g, x, w, y if code else None, code, list(mask))
     xr, wr, br = (reference_copy(t).requires_grad_() for t in (x, w, b))
     TORCH_ACT[activation](F.linear(xr, wr, br)).backward(g)
-    for value, ref, wanted, name in zip(got, (xr.grad, wr.grad, br.grad), mask, ("grad_input", "grad_weight",
-                                                                                  "grad_bias")):
+    for value, ref, wanted, name in zip(
+        got, (xr.grad, wr.grad, br.grad), mask, ("grad_input", "grad_weight", "grad_bias"), strict=True
+    ):
         if wanted:
             assert_close(value, ref, name=name)
         else:
@@ -121,8 +125,12 @@ def test_linear_gradcheck(activation, device):
 
 def _opcheck_samples(device):
     samples = []
-    for shape, out, bias, act in [((3, 5), 4, True, 0), ((2, 3, 6), 2, False, 1), ((4,), 3, True, 3),
-                                  ((2, 7), 5, True, 2)]:
+    for shape, out, bias, act in [
+        ((3, 5), 4, True, 0),
+        ((2, 3, 6), 2, False, 1),
+        ((4,), 3, True, 3),
+        ((2, 7), 5, True, 2),
+    ]:
         x = make_tensor(shape, device=device, requires_grad=True)
         w = make_tensor((out, shape[-1]), device=device, requires_grad=True)
         b = make_tensor((out,), device=device, requires_grad=True) if bias else None
@@ -143,8 +151,9 @@ def test_linear_backward_opcheck(device):
         y = torch.ops.fastcnn.linear(x, w, None if b is None else b.detach(), act)
         g = torch.randn_like(y)
         for mask in ([True, True, True], [False, True, False], [True, False, True]):
-            torch.library.opcheck(torch.ops.fastcnn.linear_backward.default,
-                                  (g, x, w, y if act else None, act, mask))
+            torch.library.opcheck(
+                torch.ops.fastcnn.linear_backward.default, (g, x, w, y if act else None, act, mask)
+            )
 
 
 def _t(*shape, dtype=torch.float32, device="cpu"):
@@ -153,16 +162,30 @@ def _t(*shape, dtype=torch.float32, device="cpu"):
 
 BAD_LINEAR = [
     ("int-input", lambda: ops.linear(_t(2, 3).int(), _t(4, 3).int()), r"input"),
-    ("int-input-direct", lambda: torch.ops.fastcnn.linear(_t(2, 3).long(), _t(4, 3).long(), None, 0), r"input"),
+    (
+        "int-input-direct",
+        lambda: torch.ops.fastcnn.linear(_t(2, 3).long(), _t(4, 3).long(), None, 0),
+        r"input",
+    ),
     ("fp16-cpu", lambda: ops.linear(_t(2, 3).half(), _t(4, 3).half()), r"input.*float"),
-    ("bf16-cpu-direct", lambda: torch.ops.fastcnn.linear(_t(2, 3).bfloat16(), _t(4, 3).bfloat16(), None, 0),
-     r"input.*float"),
+    (
+        "bf16-cpu-direct",
+        lambda: torch.ops.fastcnn.linear(_t(2, 3).bfloat16(), _t(4, 3).bfloat16(), None, 0),
+        r"input.*float",
+    ),
     ("weight-dtype", lambda: ops.linear(_t(2, 3), _t(4, 3).double()), r"weight"),
     ("bias-dtype-direct", lambda: torch.ops.fastcnn.linear(_t(2, 3), _t(4, 3), _t(4).double(), 0), r"bias"),
     ("weight-meta", lambda: ops.linear(_t(2, 3), _t(4, 3, device="meta")), r"weight"),
-    ("input-meta-direct", lambda: torch.ops.fastcnn.linear(_t(2, 3, device="meta"), _t(4, 3), None, 0),
-     r"weight|input"),
-    ("bias-meta-direct", lambda: torch.ops.fastcnn.linear(_t(2, 3), _t(4, 3), _t(4, device="meta"), 0), r"bias"),
+    (
+        "input-meta-direct",
+        lambda: torch.ops.fastcnn.linear(_t(2, 3, device="meta"), _t(4, 3), None, 0),
+        r"weight|input",
+    ),
+    (
+        "bias-meta-direct",
+        lambda: torch.ops.fastcnn.linear(_t(2, 3), _t(4, 3), _t(4, device="meta"), 0),
+        r"bias",
+    ),
     ("in-features", lambda: ops.linear(_t(2, 3), _t(4, 5)), r"weight|in_features|input"),
     ("weight-1d", lambda: ops.linear(_t(2, 3), _t(3)), r"weight"),
     ("weight-3d-direct", lambda: torch.ops.fastcnn.linear(_t(2, 3), _t(1, 4, 3), None, 0), r"weight"),
@@ -171,15 +194,23 @@ BAD_LINEAR = [
     ("bias-2d-direct", lambda: torch.ops.fastcnn.linear(_t(2, 3), _t(4, 3), _t(1, 4), 0), r"bias"),
     ("activation-unknown", lambda: ops.linear(_t(2, 3), _t(4, 3), activation="swish"), r"activation"),
     ("activation-code-direct", lambda: torch.ops.fastcnn.linear(_t(2, 3), _t(4, 3), None, 4), r"activation"),
-    ("backward-grad-shape-direct",
-     lambda: torch.ops.fastcnn.linear_backward(_t(2, 5), _t(2, 3), _t(4, 3), None, 0, [True, True, True]),
-     r"grad_output"),
-    ("backward-missing-output-direct",
-     lambda: torch.ops.fastcnn.linear_backward(_t(2, 4), _t(2, 3), _t(4, 3), None, 2, [True, True, True]),
-     r"output"),
-    ("backward-grad-meta-direct",
-     lambda: torch.ops.fastcnn.linear_backward(_t(2, 4, device="meta"), _t(2, 3), _t(4, 3), None, 0,
-                                               [True, True, True]), r"grad_output"),
+    (
+        "backward-grad-shape-direct",
+        lambda: torch.ops.fastcnn.linear_backward(_t(2, 5), _t(2, 3), _t(4, 3), None, 0, [True, True, True]),
+        r"grad_output",
+    ),
+    (
+        "backward-missing-output-direct",
+        lambda: torch.ops.fastcnn.linear_backward(_t(2, 4), _t(2, 3), _t(4, 3), None, 2, [True, True, True]),
+        r"output",
+    ),
+    (
+        "backward-grad-meta-direct",
+        lambda: torch.ops.fastcnn.linear_backward(
+            _t(2, 4, device="meta"), _t(2, 3), _t(4, 3), None, 0, [True, True, True]
+        ),
+        r"grad_output",
+    ),
 ]
 
 

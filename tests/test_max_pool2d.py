@@ -50,8 +50,16 @@ CASES = HAND_PICKED + _random_cases(14, seed=3141)
 
 def _id(case):
     shape, k, s, p, d, ceil, cl, strided = case
-    text = f"{'x'.join(map(str, shape))}-k{k}-s{s}-p{p}-d{d}" + ("-ceil" if ceil else "") + ("-cl" if cl else "")
-    return (text + ("-strided" if strided else "")).replace(" ", "").replace("(", "").replace(")", "").replace(",", "_")
+    text = (
+        f"{'x'.join(map(str, shape))}-k{k}-s{s}-p{p}-d{d}" + ("-ceil" if ceil else "") + ("-cl" if cl else "")
+    )
+    return (
+        (text + ("-strided" if strided else ""))
+        .replace(" ", "")
+        .replace("(", "")
+        .replace(")", "")
+        .replace(",", "_")
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -134,11 +142,18 @@ def test_max_pool2d_backward_op(channels_last, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
-    "shape,args", [((1, 2, 5, 5), (2, 1, 0, 1, False)), ((2, 1, 5, 6), (3, 2, 1, 2, True)), ((2, 4, 4), (2, 2, 1, 1, True))]
+    "shape,args",
+    [
+        ((1, 2, 5, 5), (2, 1, 0, 1, False)),
+        ((2, 1, 5, 6), (3, 2, 1, 2, True)),
+        ((2, 4, 4), (2, 2, 1, 1, True)),
+    ],
 )
 def test_max_pool2d_gradcheck(shape, args, device):
     # distinct, well-separated values so finite differences never change which element is the max
-    x = (torch.randperm(torch.Size(shape).numel(), device=device).double().reshape(shape) / 10).requires_grad_()
+    x = (
+        torch.randperm(torch.Size(shape).numel(), device=device).double().reshape(shape) / 10
+    ).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: ops.max_pool2d(x, *args), (x,))
 
 
@@ -195,22 +210,41 @@ BAD = [
     ("output-too-small-dilated-direct", lambda: _direct(_t(1, 2, 3, 3), k=(2, 2), d=(3, 3)), r"output size"),
     ("empty-batch", lambda: ops.max_pool2d(_t(0, 2, 4, 4), 2), r"batch"),
     ("empty-channels-direct", lambda: _direct(_t(1, 0, 4, 4)), r"channels|input"),
-    ("backward-grad-shape-direct",
-     lambda: torch.ops.fastcnn.max_pool2d_backward(_t(1, 2, 3, 3), _t(1, 2, 4, 4),
-                                                   torch.zeros(1, 2, 2, 2, dtype=torch.long)), r"grad_output|indices"),
-    ("backward-indices-dtype-direct",
-     lambda: torch.ops.fastcnn.max_pool2d_backward(_t(1, 2, 2, 2), _t(1, 2, 4, 4),
-                                                   torch.zeros(1, 2, 2, 2, dtype=torch.int32)), r"indices"),
-    ("backward-grad-dtype-direct",
-     lambda: torch.ops.fastcnn.max_pool2d_backward(_t(1, 2, 2, 2).double(), _t(1, 2, 4, 4),
-                                                   torch.zeros(1, 2, 2, 2, dtype=torch.long)), r"grad_output"),
-    ("backward-grad-meta-direct",
-     lambda: torch.ops.fastcnn.max_pool2d_backward(_t(1, 2, 2, 2, device="meta"), _t(1, 2, 4, 4),
-                                                   torch.zeros(1, 2, 2, 2, dtype=torch.long)), r"grad_output"),
-    ("backward-indices-meta-direct",
-     lambda: torch.ops.fastcnn.max_pool2d_backward(_t(1, 2, 2, 2), _t(1, 2, 4, 4),
-                                                   torch.zeros(1, 2, 2, 2, dtype=torch.long, device="meta")),
-     r"indices"),
+    (
+        "backward-grad-shape-direct",
+        lambda: torch.ops.fastcnn.max_pool2d_backward(
+            _t(1, 2, 3, 3), _t(1, 2, 4, 4), torch.zeros(1, 2, 2, 2, dtype=torch.long)
+        ),
+        r"grad_output|indices",
+    ),
+    (
+        "backward-indices-dtype-direct",
+        lambda: torch.ops.fastcnn.max_pool2d_backward(
+            _t(1, 2, 2, 2), _t(1, 2, 4, 4), torch.zeros(1, 2, 2, 2, dtype=torch.int32)
+        ),
+        r"indices",
+    ),
+    (
+        "backward-grad-dtype-direct",
+        lambda: torch.ops.fastcnn.max_pool2d_backward(
+            _t(1, 2, 2, 2).double(), _t(1, 2, 4, 4), torch.zeros(1, 2, 2, 2, dtype=torch.long)
+        ),
+        r"grad_output",
+    ),
+    (
+        "backward-grad-meta-direct",
+        lambda: torch.ops.fastcnn.max_pool2d_backward(
+            _t(1, 2, 2, 2, device="meta"), _t(1, 2, 4, 4), torch.zeros(1, 2, 2, 2, dtype=torch.long)
+        ),
+        r"grad_output",
+    ),
+    (
+        "backward-indices-meta-direct",
+        lambda: torch.ops.fastcnn.max_pool2d_backward(
+            _t(1, 2, 2, 2), _t(1, 2, 4, 4), torch.zeros(1, 2, 2, 2, dtype=torch.long, device="meta")
+        ),
+        r"indices",
+    ),
 ]
 
 

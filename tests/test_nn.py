@@ -13,8 +13,13 @@ import fastcnn.nn as fnn
 # (id, constructor args, kwargs, input shape, channels_last)
 MODULE_CASES = [
     ("Conv2d", (3, 4, 3), dict(padding=1), (2, 3, 7, 6), False),
-    ("Conv2d", (4, 6, (3, 2)), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2, bias=False),
-     (2, 4, 9, 8), True),
+    (
+        "Conv2d",
+        (4, 6, (3, 2)),
+        dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2, bias=False),
+        (2, 4, 9, 8),
+        True,
+    ),
     ("Conv2d", (4, 8, 3), dict(padding="same", groups=4), (1, 4, 6, 7), False),
     ("Conv2d", (2, 3, 4), dict(padding="same"), (2, 2, 6, 6), False),  # even kernel, asymmetric "same"
     ("Conv2d", (3, 4, 3), dict(padding="valid", stride=2), (3, 7, 7), False),  # unbatched
@@ -136,8 +141,9 @@ def test_linear_module_activation(activation, device):
     ours = fnn.Linear(6, 3, activation=activation).to(device, torch.float64)
     lin = nn.Linear(6, 3).to(device, torch.float64)
     lin.load_state_dict(ours.state_dict(), strict=True)
-    ref_module = nn.Sequential(lin, {None: nn.Identity(), "relu": nn.ReLU(), "sigmoid": nn.Sigmoid(),
-                                     "tanh": nn.Tanh()}[activation])
+    ref_module = nn.Sequential(
+        lin, {None: nn.Identity(), "relu": nn.ReLU(), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh()}[activation]
+    )
     x = make_tensor((4, 6), device=device, requires_grad=True)
     xr = x.detach().clone().requires_grad_()
     _compare(ours, ref_module, (x,), (xr,))
