@@ -1,0 +1,38 @@
+# fastcnn: `make demo` runs the main job, `make test` the tests. Both set up .venv themselves.
+PYTHON_SYS ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+DEV_DEPS   := pytest pytest-xdist hypothesis ruff ninja numpy rich tqdm
+# Build the CUDA kernels whenever the toolkit is there (setup.py decides; FASTCNN_CUDA=0/1 forces it).
+export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+export MAX_JOBS  ?= $(shell nproc)
+
+.PHONY: demo test build lint format clean
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS) $(DEV_DEPS)
+	touch $@
+
+# --no-build-isolation: compile against the torch in .venv, not a fresh download.
+build: $(VENV)/.deps
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+
+demo: build
+	$(PY) -m fastcnn check
+
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: build lint
+	$(PY) -m pytest -q -n 2 tests/
+
+format: $(VENV)/.deps
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf build fastcnn/_C*.so *.egg-info

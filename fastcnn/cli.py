@@ -1,0 +1,39 @@
+"""The ``fastcnn`` command line: ``fastcnn check`` (more subcommands: bench, train, demo, as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastcnn", description="fastcnn: fast CNN kernels for PyTorch")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check", help="check every op, forward and backward, against PyTorch")
+    check.add_argument(
+        "--device", choices=["all", "cpu", "cuda"], default="all", help="default: every available"
+    )
+    check.add_argument("--quick", action="store_true", help="a small subset of the cases (under a minute)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    check.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        from . import check
+
+        if args.device == "cuda":
+            import fastcnn
+
+            if not fastcnn.cuda_available():
+                print("fastcnn check: --device cuda needs a GPU and a CUDA build of fastcnn", file=sys.stderr)
+                return 2
+        return check.main(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
