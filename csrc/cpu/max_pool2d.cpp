@@ -1,0 +1,221 @@
+// CPU max_pool2d (with int64 argmax indices) and its backward.
+// Algorithm: forward is a direct window scan; a tap wins if it is greater than the running max or is
+// NaN, so NaN propagates and the index of the last NaN is kept, as in ATen. Window bounds per output
+// row/column are computed once per call. Backward zeroes grad_input and adds each grad_output element
+// at its saved index; the work is split so that every grad_input element has one owner (whole (n, c)
+// planes for NCHW, (sample, channel block) slices for NHWC), so overlapping windows need no atomics.
+// Layout: NCHW (threads over planes) or channels_last (threads over output pixels, inner loop over the
+// contiguous channels, vectorised, with the running argmax kept in a same-width integer buffer).
+// Measured: not yet measured.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "common/checks.h"
+#include "cpu/pool_window.h"
+
+namespace fastcnn {
+namespace {
+
+template <typename scalar_t>
+void max_pool_nchw(const scalar_t* input, scalar_t* output, int64_t* indices, const Pool2dShape& s) {
+  const auto rows = pool::spans(s.out_h, [&](int64_t o) {
+    return pool::max_pool_span(o, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, s.in_h);
+  });
+  const auto cols = pool::spans(s.out_w, [&](int64_t o) {
+    return pool::max_pool_span(o, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w, s.in_w);
+  });
+  const int64_t in_w = s.in_w, in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
+  const int64_t dil_h = s.dilation_h, dil_w = s.dilation_w;
+  pool::parallel_planes(s.batch * s.channels, out_plane * s.kernel_h * s.kernel_w, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t* x = input + p * in_plane;
+      scalar_t* y = output + p * out_plane;
+      int64_t* ind = indices + p * out_plane;
+      for (int64_t oh = 0; oh < s.out_h; ++oh) {
+        const pool::Span r = rows[oh];
+        for (int64_t ow = 0; ow < s.out_w; ++ow) {
+          const pool::Span c = cols[ow];
+          scalar_t best = -std::numeric_limits<scalar_t>::infinity();
+          int64_t best_index = r.begin * in_w + c.begin;
+          for (int64_t ih = r.begin; ih < r.end; ih += dil_h) {
+            const scalar_t* row = x + ih * in_w;
+            for (int64_t iw = c.begin; iw < c.end; iw += dil_w) {
+              const scalar_t v = row[iw];
+              const bool take = (v > best) | (v != v);
+              best = take ? v : best;
+              best_index = take ? ih * in_w + iw : best_index;
+            }
+          }
+          y[oh * s.out_w + ow] = best;
+          ind[oh * s.out_w + ow] = best_index;
+        }
+      }
+    }
+  });
+}
+
+// One window tap folded into a pixel's running max over all channels.
+template <typename scalar_t, typename index_t>
+inline void fold_tap(const scalar_t* __restrict tap, scalar_t* __restrict best, index_t* __restrict best_index,
+                     index_t tap_index, int64_t channels) {
+  for (int64_t c = 0; c < channels; ++c) {
+    const scalar_t v = tap[c];
+    const bool take = (v > best[c]) | (v != v);
+    best[c] = take ? v : best[c];
+    best_index[c] = take ? tap_index : best_index[c];
+  }
+}
+
+// index_t is as wide as scalar_t (int32 for float) so the compare mask selects both in one vector lane.
+template <typename scalar_t, typename index_t>
+void max_pool_nhwc(const scalar_t* input, scalar_t* output, int64_t* indices, const Pool2dShape& s) {
+  const auto rows = pool::spans(s.out_h, [&](int64_t o) {
+    return pool::max_pool_span(o, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, s.in_h);
+  });
+  const auto cols = pool::spans(s.out_w, [&](int64_t o) {
+    return pool::max_pool_span(o, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w, s.in_w);
+  });
+  const int64_t channels = s.channels, in_w = s.in_w, out_w = s.out_w, out_h = s.out_h;
+  const int64_t pixels = s.batch * out_h * out_w;
+  at::parallel_for(0, pixels, pool::grain_for(channels * s.kernel_h * s.kernel_w), [&](int64_t begin, int64_t end) {
+    std::vector<index_t> narrow_index;
+    if constexpr (!std::is_same_v<index_t, int64_t>) narrow_index.resize(channels);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / (out_h * out_w), oh = (t / out_w) % out_h, ow = t % out_w;
+      const pool::Span r = rows[oh], c = cols[ow];
+      scalar_t* best = output + t * channels;
+      int64_t* ind = indices + t * channels;
+      index_t* best_index;
+      if constexpr (std::is_same_v<index_t, int64_t>) {
+        best_index = ind;
+      } else {
+        best_index = narrow_index.data();
+      }
+      std::fill(best, best + channels, -std::numeric_limits<scalar_t>::infinity());
+      std::fill(best_index, best_index + channels, static_cast<index_t>(r.begin * in_w + c.begin));
+      for (int64_t ih = r.begin; ih < r.end; ih += s.dilation_h) {
+        const scalar_t* row = input + (n * s.in_h + ih) * in_w * channels;
+        for (int64_t iw = c.begin; iw < c.end; iw += s.dilation_w) {
+          fold_tap<scalar_t, index_t>(row + iw * channels, best, best_index, static_cast<index_t>(ih * in_w + iw),
+                                      channels);
+        }
+      }
+      if constexpr (!std::is_same_v<index_t, int64_t>) {
+        for (int64_t ch = 0; ch < channels; ++ch) ind[ch] = best_index[ch];
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation, bool ceil_mode) {
+  const Pool2dShape s =
+      pool::check_pool_geometry(input, kernel_size, stride, padding, dilation, ceil_mode);
+  const auto fmt = output_memory_format(input);
+  const at::Tensor x = input.contiguous(fmt);
+  at::Tensor output = pool::empty_4d(x, s.batch, s.channels, s.out_h, s.out_w, fmt);
+  at::Tensor indices =
+      at::empty({s.batch, s.channels, s.out_h, s.out_w}, x.options().dtype(at::kLong).memory_format(fmt));
+  const bool narrow_fits = s.in_h * s.in_w <= std::numeric_limits<int32_t>::max();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastcnn_max_pool2d_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = output.mutable_data_ptr<scalar_t>();
+    int64_t* ip = indices.mutable_data_ptr<int64_t>();
+    if (!pool::is_channels_last(fmt)) {
+      max_pool_nchw<scalar_t>(xp, yp, ip, s);
+    } else if (sizeof(scalar_t) == 4 && narrow_fits) {
+      max_pool_nhwc<scalar_t, int32_t>(xp, yp, ip, s);
+    } else {
+      max_pool_nhwc<scalar_t, int64_t>(xp, yp, ip, s);
+    }
+  });
+  return {output, indices};
+}
+
+[[noreturn]] void bad_index(int64_t index, int64_t plane) {
+  TORCH_CHECK(false, "fastcnn: max_pool2d_backward got index ", index, " outside the input plane of ", plane,
+              " elements: indices must come from max_pool2d on this input, and a dilated window that lies "
+              "entirely in the padding (output -inf, index past the plane, as in PyTorch) has no input to "
+              "send its gradient to");
+}
+
+template <typename scalar_t>
+void max_pool_backward_nchw(const scalar_t* grad_output, const int64_t* indices, scalar_t* grad_input,
+                            int64_t planes, int64_t in_plane, int64_t out_plane) {
+  pool::parallel_planes(planes, out_plane, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      scalar_t* gi = grad_input + p * in_plane;
+      const scalar_t* go = grad_output + p * out_plane;
+      const int64_t* ind = indices + p * out_plane;
+      std::fill(gi, gi + in_plane, scalar_t(0));
+      for (int64_t o = 0; o < out_plane; ++o) {
+        const int64_t i = ind[o];
+        if (static_cast<uint64_t>(i) >= static_cast<uint64_t>(in_plane)) bad_index(i, in_plane);
+        gi[i] += go[o];
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void max_pool_backward_nhwc(const scalar_t* grad_output, const int64_t* indices, scalar_t* grad_input,
+                            int64_t batch, int64_t channels, int64_t in_plane, int64_t out_plane) {
+  pool::parallel_nhwc_slices(batch, channels, [&](int64_t n, int64_t c0, int64_t c1) {
+    pool::zero_nhwc_slice(grad_input, n, in_plane, channels, c0, c1);
+    scalar_t* gi = grad_input + n * in_plane * channels;
+    for (int64_t o = 0; o < out_plane; ++o) {
+      const scalar_t* go = grad_output + (n * out_plane + o) * channels;
+      const int64_t* ind = indices + (n * out_plane + o) * channels;
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t i = ind[c];
+        if (static_cast<uint64_t>(i) >= static_cast<uint64_t>(in_plane)) bad_index(i, in_plane);
+        gi[i * channels + c] += go[c];
+      }
+    }
+  });
+}
+
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const at::Tensor& indices) {
+  pool::check_pool_input(input);
+  pool::check_grad_output(grad_output, input, -1, -1);
+  TORCH_CHECK(indices.scalar_type() == at::kLong, "fastcnn: indices must be int64 (as max_pool2d returns them), got ",
+              indices.scalar_type());
+  TORCH_CHECK(indices.device() == input.device(), "fastcnn: indices is on ", indices.device(), " but input is on ",
+              input.device());
+  TORCH_CHECK(indices.sizes() == grad_output.sizes(), "fastcnn: indices must have grad_output's shape ",
+              grad_output.sizes(), ", got ", indices.sizes());
+  const auto fmt = output_memory_format(input);
+  const at::Tensor go = grad_output.contiguous(fmt);
+  const at::Tensor ind = indices.contiguous(fmt);
+  const int64_t batch = input.size(0), channels = input.size(1);
+  const int64_t in_plane = input.size(2) * input.size(3), out_plane = go.size(2) * go.size(3);
+  at::Tensor grad_input = pool::empty_4d(input, batch, channels, input.size(2), input.size(3), fmt);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastcnn_max_pool2d_backward_cpu", [&] {
+    const scalar_t* gop = go.const_data_ptr<scalar_t>();
+    const int64_t* ip = ind.const_data_ptr<int64_t>();
+    scalar_t* gip = grad_input.mutable_data_ptr<scalar_t>();
+    if (pool::is_channels_last(fmt)) {
+      max_pool_backward_nhwc<scalar_t>(gop, ip, gip, batch, channels, in_plane, out_plane);
+    } else {
+      max_pool_backward_nchw<scalar_t>(gop, ip, gip, batch * channels, in_plane, out_plane);
+    }
+  });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastcnn, CPU, m) {
+  m.impl("max_pool2d", &max_pool2d_cpu);
+  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
+}
+
+}  // namespace fastcnn
