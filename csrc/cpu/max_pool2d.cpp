@@ -22,42 +22,93 @@
 namespace fastcnn {
 namespace {
 
-template <typename scalar_t>
-void max_pool_nchw(const scalar_t* input, scalar_t* output, int64_t* indices, const Pool2dShape& s) {
-  const auto rows = pool::spans(s.out_h, [&](int64_t o) {
+struct MaxPoolPlan {
+  Pool2dShape s;
+  std::vector<pool::Span> rows, cols;
+  // For kernel column kw: the output columns whose tap kw lands inside the input.
+  std::vector<pool::Span> tap_cols;
+};
+
+MaxPoolPlan plan_max_pool(const Pool2dShape& s) {
+  MaxPoolPlan plan{s, {}, {}, {}};
+  plan.rows = pool::spans(s.out_h, [&](int64_t o) {
     return pool::max_pool_span(o, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, s.in_h);
   });
-  const auto cols = pool::spans(s.out_w, [&](int64_t o) {
+  plan.cols = pool::spans(s.out_w, [&](int64_t o) {
     return pool::max_pool_span(o, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w, s.in_w);
   });
-  const int64_t in_w = s.in_w, in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
-  const int64_t dil_h = s.dilation_h, dil_w = s.dilation_w;
-  pool::parallel_planes(s.batch * s.channels, out_plane * s.kernel_h * s.kernel_w, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const scalar_t* x = input + p * in_plane;
-      scalar_t* y = output + p * out_plane;
-      int64_t* ind = indices + p * out_plane;
-      for (int64_t oh = 0; oh < s.out_h; ++oh) {
-        const pool::Span r = rows[oh];
-        for (int64_t ow = 0; ow < s.out_w; ++ow) {
-          const pool::Span c = cols[ow];
-          scalar_t best = -std::numeric_limits<scalar_t>::infinity();
-          int64_t best_index = r.begin * in_w + c.begin;
-          for (int64_t ih = r.begin; ih < r.end; ih += dil_h) {
-            const scalar_t* row = x + ih * in_w;
-            for (int64_t iw = c.begin; iw < c.end; iw += dil_w) {
-              const scalar_t v = row[iw];
-              const bool take = (v > best) | (v != v);
-              best = take ? v : best;
-              best_index = take ? ih * in_w + iw : best_index;
-            }
-          }
-          y[oh * s.out_w + ow] = best;
-          ind[oh * s.out_w + ow] = best_index;
+  plan.tap_cols = pool::spans(s.kernel_w, [&](int64_t kw) {
+    return pool::tap_span(kw * s.dilation_w - s.pad_w, s.stride_w, s.in_w, s.out_w);
+  });
+  return plan;
+}
+
+// Folds one kernel tap into a row of running maxima: output o reads taps[o * stride + offset]. The
+// outputs are independent, so the loop vectorises; a constant stride (1 or 2) lets it use plain loads.
+template <int64_t kStride, typename scalar_t, typename index_t>
+inline void fold_row_tap(const scalar_t* __restrict row, scalar_t* __restrict best, index_t* __restrict best_index,
+                         int64_t row_index, int64_t offset, int64_t runtime_stride, pool::Span outs) {
+  const int64_t stride = kStride > 0 ? kStride : runtime_stride;
+  for (int64_t o = outs.begin; o < outs.end; ++o) {
+    const int64_t iw = o * stride + offset;
+    const scalar_t v = row[iw];
+    const bool take = (v > best[o]) | (v != v);
+    best[o] = take ? v : best[o];
+    best_index[o] = take ? static_cast<index_t>(row_index + iw) : best_index[o];
+  }
+}
+
+// NCHW: one output row at a time, taps in the window's (row, column) order so that ties and NaNs
+// resolve exactly as a per-output scan would, but with the inner loop running across output columns.
+template <int64_t kStride, typename scalar_t, typename index_t>
+FASTCNN_SIMD_CLONES void max_pool_nchw_planes(const scalar_t* input, scalar_t* output, int64_t* indices,
+                                              const MaxPoolPlan& plan, int64_t begin, int64_t end) {
+  const Pool2dShape& s = plan.s;
+  const int64_t in_w = s.in_w, in_plane = s.in_h * s.in_w, out_w = s.out_w, out_plane = s.out_h * s.out_w;
+  std::vector<index_t> narrow_index;
+  if constexpr (!std::is_same_v<index_t, int64_t>) narrow_index.resize(out_w);
+  for (int64_t p = begin; p < end; ++p) {
+    const scalar_t* x = input + p * in_plane;
+    for (int64_t oh = 0; oh < s.out_h; ++oh) {
+      const pool::Span r = plan.rows[oh];
+      scalar_t* best = output + p * out_plane + oh * out_w;
+      int64_t* ind = indices + p * out_plane + oh * out_w;
+      index_t* best_index;
+      if constexpr (std::is_same_v<index_t, int64_t>) {
+        best_index = ind;
+      } else {
+        best_index = narrow_index.data();
+      }
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        best[ow] = -std::numeric_limits<scalar_t>::infinity();
+        best_index[ow] = static_cast<index_t>(r.begin * in_w + plan.cols[ow].begin);
+      }
+      for (int64_t ih = r.begin; ih < r.end; ih += s.dilation_h) {
+        for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+          fold_row_tap<kStride>(x + ih * in_w, best, best_index, ih * in_w, kw * s.dilation_w - s.pad_w, s.stride_w,
+                                plan.tap_cols[kw]);
         }
       }
+      if constexpr (!std::is_same_v<index_t, int64_t>) {
+        for (int64_t ow = 0; ow < out_w; ++ow) ind[ow] = best_index[ow];
+      }
     }
-  });
+  }
+}
+
+template <typename scalar_t, typename index_t>
+void max_pool_nchw(const scalar_t* input, scalar_t* output, int64_t* indices, const MaxPoolPlan& plan) {
+  const Pool2dShape& s = plan.s;
+  pool::parallel_planes(s.batch * s.channels, s.out_h * s.out_w * s.kernel_h * s.kernel_w,
+                        [&](int64_t begin, int64_t end) {
+                          if (s.stride_w == 1) {
+                            max_pool_nchw_planes<1, scalar_t, index_t>(input, output, indices, plan, begin, end);
+                          } else if (s.stride_w == 2) {
+                            max_pool_nchw_planes<2, scalar_t, index_t>(input, output, indices, plan, begin, end);
+                          } else {
+                            max_pool_nchw_planes<0, scalar_t, index_t>(input, output, indices, plan, begin, end);
+                          }
+                        });
 }
 
 // One window tap folded into a pixel's running max over all channels.
@@ -72,45 +123,49 @@ inline void fold_tap(const scalar_t* __restrict tap, scalar_t* __restrict best, 
   }
 }
 
-// index_t is as wide as scalar_t (int32 for float) so the compare mask selects both in one vector lane.
+// NHWC: output pixels [begin, end) of the flattened (n, oh, ow) range.
 template <typename scalar_t, typename index_t>
-void max_pool_nhwc(const scalar_t* input, scalar_t* output, int64_t* indices, const Pool2dShape& s) {
-  const auto rows = pool::spans(s.out_h, [&](int64_t o) {
-    return pool::max_pool_span(o, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, s.in_h);
-  });
-  const auto cols = pool::spans(s.out_w, [&](int64_t o) {
-    return pool::max_pool_span(o, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w, s.in_w);
-  });
+FASTCNN_SIMD_CLONES void max_pool_nhwc_pixels(const scalar_t* input, scalar_t* output, int64_t* indices,
+                                              const MaxPoolPlan& plan, int64_t begin, int64_t end) {
+  const Pool2dShape& s = plan.s;
   const int64_t channels = s.channels, in_w = s.in_w, out_w = s.out_w, out_h = s.out_h;
-  const int64_t pixels = s.batch * out_h * out_w;
-  at::parallel_for(0, pixels, pool::grain_for(channels * s.kernel_h * s.kernel_w), [&](int64_t begin, int64_t end) {
-    std::vector<index_t> narrow_index;
-    if constexpr (!std::is_same_v<index_t, int64_t>) narrow_index.resize(channels);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / (out_h * out_w), oh = (t / out_w) % out_h, ow = t % out_w;
-      const pool::Span r = rows[oh], c = cols[ow];
-      scalar_t* best = output + t * channels;
-      int64_t* ind = indices + t * channels;
-      index_t* best_index;
-      if constexpr (std::is_same_v<index_t, int64_t>) {
-        best_index = ind;
-      } else {
-        best_index = narrow_index.data();
-      }
-      std::fill(best, best + channels, -std::numeric_limits<scalar_t>::infinity());
-      std::fill(best_index, best_index + channels, static_cast<index_t>(r.begin * in_w + c.begin));
-      for (int64_t ih = r.begin; ih < r.end; ih += s.dilation_h) {
-        const scalar_t* row = input + (n * s.in_h + ih) * in_w * channels;
-        for (int64_t iw = c.begin; iw < c.end; iw += s.dilation_w) {
-          fold_tap<scalar_t, index_t>(row + iw * channels, best, best_index, static_cast<index_t>(ih * in_w + iw),
-                                      channels);
-        }
-      }
-      if constexpr (!std::is_same_v<index_t, int64_t>) {
-        for (int64_t ch = 0; ch < channels; ++ch) ind[ch] = best_index[ch];
+  std::vector<index_t> narrow_index;
+  if constexpr (!std::is_same_v<index_t, int64_t>) narrow_index.resize(channels);
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t n = t / (out_h * out_w), oh = (t / out_w) % out_h, ow = t % out_w;
+    const pool::Span r = plan.rows[oh], c = plan.cols[ow];
+    scalar_t* best = output + t * channels;
+    int64_t* ind = indices + t * channels;
+    index_t* best_index;
+    if constexpr (std::is_same_v<index_t, int64_t>) {
+      best_index = ind;
+    } else {
+      best_index = narrow_index.data();
+    }
+    std::fill(best, best + channels, -std::numeric_limits<scalar_t>::infinity());
+    std::fill(best_index, best_index + channels, static_cast<index_t>(r.begin * in_w + c.begin));
+    for (int64_t ih = r.begin; ih < r.end; ih += s.dilation_h) {
+      const scalar_t* row = input + (n * s.in_h + ih) * in_w * channels;
+      for (int64_t iw = c.begin; iw < c.end; iw += s.dilation_w) {
+        fold_tap<scalar_t, index_t>(row + iw * channels, best, best_index, static_cast<index_t>(ih * in_w + iw),
+                                    channels);
       }
     }
-  });
+    if constexpr (!std::is_same_v<index_t, int64_t>) {
+      for (int64_t ch = 0; ch < channels; ++ch) ind[ch] = best_index[ch];
+    }
+  }
+}
+
+// index_t is as wide as scalar_t (int32 for float) where the plane allows, so one compare mask selects
+// both the value and its index in the same vector lanes.
+template <typename scalar_t, typename index_t>
+void max_pool_nhwc(const scalar_t* input, scalar_t* output, int64_t* indices, const MaxPoolPlan& plan) {
+  const Pool2dShape& s = plan.s;
+  at::parallel_for(0, s.batch * s.out_h * s.out_w, pool::grain_for(s.channels * s.kernel_h * s.kernel_w),
+                   [&](int64_t begin, int64_t end) {
+                     max_pool_nhwc_pixels<scalar_t, index_t>(input, output, indices, plan, begin, end);
+                   });
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
@@ -118,6 +173,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
                                                   at::IntArrayRef dilation, bool ceil_mode) {
   const Pool2dShape s =
       pool::check_pool_geometry(input, kernel_size, stride, padding, dilation, ceil_mode);
+  const MaxPoolPlan plan = plan_max_pool(s);
   const auto fmt = output_memory_format(input);
   const at::Tensor x = input.contiguous(fmt);
   at::Tensor output = pool::empty_4d(x, s.batch, s.channels, s.out_h, s.out_w, fmt);
@@ -128,12 +184,11 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = output.mutable_data_ptr<scalar_t>();
     int64_t* ip = indices.mutable_data_ptr<int64_t>();
-    if (!pool::is_channels_last(fmt)) {
-      max_pool_nchw<scalar_t>(xp, yp, ip, s);
-    } else if (sizeof(scalar_t) == 4 && narrow_fits) {
-      max_pool_nhwc<scalar_t, int32_t>(xp, yp, ip, s);
+    const bool channels_last = pool::is_channels_last(fmt);
+    if (sizeof(scalar_t) == 4 && narrow_fits) {
+      channels_last ? max_pool_nhwc<scalar_t, int32_t>(xp, yp, ip, plan) : max_pool_nchw<scalar_t, int32_t>(xp, yp, ip, plan);
     } else {
-      max_pool_nhwc<scalar_t, int64_t>(xp, yp, ip, s);
+      channels_last ? max_pool_nhwc<scalar_t, int64_t>(xp, yp, ip, plan) : max_pool_nchw<scalar_t, int64_t>(xp, yp, ip, plan);
     }
   });
   return {output, indices};

@@ -18,6 +18,15 @@
 namespace fastcnn {
 namespace pool {
 
+// The loops that do a kernel's work (never the parallel_for lambdas, which inherit no target) are
+// compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time, since the extension is built
+// without -march flags. Inline helpers they call are compiled for the caller's target.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FASTCNN_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FASTCNN_SIMD_CLONES
+#endif
+
 // Elements of work a parallel_for chunk should at least carry before another thread is worth waking.
 constexpr int64_t kGrain = 32768;
 
@@ -38,6 +47,14 @@ inline Span max_pool_span(int64_t o, int64_t kernel, int64_t stride, int64_t pad
   const int64_t end = std::min(begin + (kernel - 1) * dilation + 1, in);
   while (begin < 0) begin += dilation;
   return {begin, end};
+}
+
+// The outputs o in [0, out) whose tap o * stride + offset lies inside [0, in).
+inline Span tap_span(int64_t offset, int64_t stride, int64_t in, int64_t out) {
+  const int64_t first = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+  const int64_t last_numerator = in - 1 - offset;
+  const int64_t stop = last_numerator < 0 ? 0 : std::min(out, last_numerator / stride + 1);
+  return {std::min(first, stop), stop};
 }
 
 // Average pooling window clipped to the input, plus `padded`: the window's extent clipped only to
