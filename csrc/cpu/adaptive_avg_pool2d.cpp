@@ -32,9 +32,9 @@ AdaptivePlan plan_adaptive(const at::Tensor& input, int64_t out_h, int64_t out_w
 }
 
 template <typename scalar_t>
-void adaptive_avg_pool_nchw(const scalar_t* input, scalar_t* output, const AdaptivePlan& p) {
+FASTCNN_SIMD_CLONES void adaptive_avg_pool_nchw_planes(const scalar_t* input, scalar_t* output,
+                                                       const AdaptivePlan& p, int64_t begin, int64_t end) {
   const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
-  pool::parallel_planes(p.batch * p.channels, std::max(in_plane, out_plane), [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       const scalar_t* x = input + plane * in_plane;
       scalar_t* y = output + plane * out_plane;
@@ -51,14 +51,20 @@ void adaptive_avg_pool_nchw(const scalar_t* input, scalar_t* output, const Adapt
         }
       }
     }
-  });
 }
 
 template <typename scalar_t>
-void adaptive_avg_pool_nhwc(const scalar_t* input, scalar_t* output, const AdaptivePlan& p) {
+void adaptive_avg_pool_nchw(const scalar_t* input, scalar_t* output, const AdaptivePlan& p) {
+  pool::parallel_planes(p.batch * p.channels, std::max(p.in_h * p.in_w, p.out_h * p.out_w),
+                        [&](int64_t begin, int64_t end) {
+                          adaptive_avg_pool_nchw_planes<scalar_t>(input, output, p, begin, end);
+                        });
+}
+
+template <typename scalar_t>
+FASTCNN_SIMD_CLONES void adaptive_avg_pool_nhwc_pixels(const scalar_t* input, scalar_t* output,
+                                                       const AdaptivePlan& p, int64_t begin, int64_t end) {
   const int64_t channels = p.channels, out_h = p.out_h, out_w = p.out_w;
-  const int64_t window = ((p.in_h + out_h - 1) / out_h + 1) * ((p.in_w + out_w - 1) / out_w + 1);
-  at::parallel_for(0, p.batch * out_h * out_w, pool::grain_for(channels * window), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / (out_h * out_w), oh = (t / out_w) % out_h, ow = t % out_w;
       const pool::Span r = p.rows[oh], c = p.cols[ow];
@@ -73,7 +79,15 @@ void adaptive_avg_pool_nhwc(const scalar_t* input, scalar_t* output, const Adapt
       const scalar_t count = static_cast<scalar_t>((r.end - r.begin) * (c.end - c.begin));
       for (int64_t ch = 0; ch < channels; ++ch) y[ch] /= count;
     }
-  });
+}
+
+template <typename scalar_t>
+void adaptive_avg_pool_nhwc(const scalar_t* input, scalar_t* output, const AdaptivePlan& p) {
+  const int64_t window = ((p.in_h + p.out_h - 1) / p.out_h + 1) * ((p.in_w + p.out_w - 1) / p.out_w + 1);
+  at::parallel_for(0, p.batch * p.out_h * p.out_w, pool::grain_for(p.channels * window),
+                   [&](int64_t begin, int64_t end) {
+                     adaptive_avg_pool_nhwc_pixels<scalar_t>(input, output, p, begin, end);
+                   });
 }
 
 void check_output_size(at::IntArrayRef output_size) {
@@ -100,9 +114,9 @@ at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef outp
 }
 
 template <typename scalar_t>
-void adaptive_avg_pool_backward_nchw(const scalar_t* grad_output, scalar_t* grad_input, const AdaptivePlan& p) {
+FASTCNN_SIMD_CLONES void adaptive_avg_pool_backward_planes(const scalar_t* grad_output, scalar_t* grad_input,
+                                                           const AdaptivePlan& p, int64_t begin, int64_t end) {
   const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
-  pool::parallel_planes(p.batch * p.channels, std::max(in_plane, out_plane), [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       scalar_t* gi = grad_input + plane * in_plane;
       const scalar_t* go = grad_output + plane * out_plane;
@@ -120,17 +134,16 @@ void adaptive_avg_pool_backward_nchw(const scalar_t* grad_output, scalar_t* grad
         }
       }
     }
-  });
 }
 
+// NHWC: channels [c0, c1) of sample n.
 template <typename scalar_t>
-void adaptive_avg_pool_backward_nhwc(const scalar_t* grad_output, scalar_t* grad_input, const AdaptivePlan& p) {
+FASTCNN_SIMD_CLONES void adaptive_avg_pool_backward_nhwc_slice(const scalar_t* grad_output, scalar_t* grad_input,
+                                                               const AdaptivePlan& p, scalar_t* __restrict delta,
+                                                               int64_t n, int64_t c0, int64_t c1) {
   const int64_t channels = p.channels, in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
-  pool::parallel_nhwc_slices(p.batch, channels, [&](int64_t n, int64_t c0, int64_t c1) {
     pool::zero_nhwc_slice(grad_input, n, in_plane, channels, c0, c1);
     const int64_t width = c1 - c0;
-    std::vector<scalar_t> delta_buffer(width);
-    scalar_t* __restrict delta = delta_buffer.data();
     for (int64_t oh = 0; oh < p.out_h; ++oh) {
       const pool::Span r = p.rows[oh];
       for (int64_t ow = 0; ow < p.out_w; ++ow) {
@@ -146,7 +159,6 @@ void adaptive_avg_pool_backward_nhwc(const scalar_t* grad_output, scalar_t* grad
         }
       }
     }
-  });
 }
 
 at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input) {
@@ -157,12 +169,18 @@ at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const
   const at::Tensor go = grad_output.contiguous(fmt);
   at::Tensor grad_input = pool::empty_4d(input, plan.batch, plan.channels, plan.in_h, plan.in_w, fmt);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastcnn_adaptive_avg_pool2d_backward_cpu", [&] {
+    const scalar_t* gop = go.const_data_ptr<scalar_t>();
+    scalar_t* gip = grad_input.mutable_data_ptr<scalar_t>();
     if (pool::is_channels_last(fmt)) {
-      adaptive_avg_pool_backward_nhwc<scalar_t>(go.const_data_ptr<scalar_t>(),
-                                                grad_input.mutable_data_ptr<scalar_t>(), plan);
+      pool::parallel_nhwc_slices(plan.batch, plan.channels, [&](int64_t n, int64_t c0, int64_t c1) {
+        std::vector<scalar_t> delta(c1 - c0);
+        adaptive_avg_pool_backward_nhwc_slice<scalar_t>(gop, gip, plan, delta.data(), n, c0, c1);
+      });
     } else {
-      adaptive_avg_pool_backward_nchw<scalar_t>(go.const_data_ptr<scalar_t>(),
-                                                grad_input.mutable_data_ptr<scalar_t>(), plan);
+      pool::parallel_planes(plan.batch * plan.channels, std::max(plan.in_h * plan.in_w, plan.out_h * plan.out_w),
+                            [&](int64_t begin, int64_t end) {
+                              adaptive_avg_pool_backward_planes<scalar_t>(gop, gip, plan, begin, end);
+                            });
     }
   });
   return grad_input;

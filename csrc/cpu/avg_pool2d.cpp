@@ -25,6 +25,8 @@ namespace {
 struct AvgPoolPlan {
   Pool2dShape shape;
   std::vector<pool::AvgSpan> rows, cols;
+  // For kernel column kw: the output columns whose tap kw lands inside the input.
+  std::vector<pool::Span> tap_cols;
   bool count_include_pad;
   std::optional<int64_t> divisor_override;
 
@@ -48,6 +50,9 @@ AvgPoolPlan plan_avg_pool(const at::Tensor& input, at::IntArrayRef kernel_size, 
       s.out_h, [&](int64_t o) { return pool::avg_pool_span(o, s.kernel_h, s.stride_h, s.pad_h, s.in_h); });
   plan.cols = pool::spans(
       s.out_w, [&](int64_t o) { return pool::avg_pool_span(o, s.kernel_w, s.stride_w, s.pad_w, s.in_w); });
+  plan.tap_cols = pool::spans(s.kernel_w, [&](int64_t kw) {
+    return pool::tap_span(kw - s.pad_w, s.stride_w, s.in_w, s.out_w);
+  });
   plan.count_include_pad = count_include_pad;
   plan.divisor_override = divisor_override;
   return plan;
@@ -57,57 +62,80 @@ inline bool empty_window(const pool::AvgSpan& r, const pool::AvgSpan& c) {
   return r.begin >= r.end || c.begin >= c.end;
 }
 
+// NCHW: one output row at a time; each window tap is added across the whole row, so the inner loop
+// runs over output columns (vectorised) while each output still sums its taps in (row, column) order.
+template <int64_t kStride, typename scalar_t>
+FASTCNN_SIMD_CLONES void avg_pool_nchw_planes(const scalar_t* input, scalar_t* output, const AvgPoolPlan& plan,
+                                              int64_t begin, int64_t end) {
+  const Pool2dShape& s = plan.shape;
+  const int64_t in_w = s.in_w, in_plane = s.in_h * s.in_w, out_w = s.out_w, out_plane = s.out_h * s.out_w;
+  const int64_t stride = kStride > 0 ? kStride : s.stride_w;
+  for (int64_t p = begin; p < end; ++p) {
+    const scalar_t* x = input + p * in_plane;
+    for (int64_t oh = 0; oh < s.out_h; ++oh) {
+      const pool::AvgSpan& r = plan.rows[oh];
+      scalar_t* __restrict y = output + p * out_plane + oh * out_w;
+      std::fill(y, y + out_w, scalar_t(0));
+      for (int64_t ih = r.begin; ih < r.end; ++ih) {
+        const scalar_t* __restrict row = x + ih * in_w;
+        for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+          const pool::Span outs = plan.tap_cols[kw];
+          const int64_t offset = kw - s.pad_w;
+          for (int64_t o = outs.begin; o < outs.end; ++o) y[o] += row[o * stride + offset];
+        }
+      }
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        const pool::AvgSpan& c = plan.cols[ow];
+        y[ow] = empty_window(r, c) ? scalar_t(0) : y[ow] / static_cast<scalar_t>(plan.divisor(r, c));
+      }
+    }
+  }
+}
+
 template <typename scalar_t>
 void avg_pool_nchw(const scalar_t* input, scalar_t* output, const AvgPoolPlan& plan) {
   const Pool2dShape& s = plan.shape;
-  const int64_t in_w = s.in_w, in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
-  pool::parallel_planes(s.batch * s.channels, out_plane * s.kernel_h * s.kernel_w, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const scalar_t* x = input + p * in_plane;
-      scalar_t* y = output + p * out_plane;
-      for (int64_t oh = 0; oh < s.out_h; ++oh) {
-        const pool::AvgSpan& r = plan.rows[oh];
-        for (int64_t ow = 0; ow < s.out_w; ++ow) {
-          const pool::AvgSpan& c = plan.cols[ow];
-          if (empty_window(r, c)) {
-            y[oh * s.out_w + ow] = scalar_t(0);
-            continue;
-          }
-          scalar_t sum = 0;
-          for (int64_t ih = r.begin; ih < r.end; ++ih) {
-            const scalar_t* row = x + ih * in_w;
-            for (int64_t iw = c.begin; iw < c.end; ++iw) sum += row[iw];
-          }
-          y[oh * s.out_w + ow] = sum / static_cast<scalar_t>(plan.divisor(r, c));
-        }
+  pool::parallel_planes(s.batch * s.channels, s.out_h * s.out_w * s.kernel_h * s.kernel_w,
+                        [&](int64_t begin, int64_t end) {
+                          if (s.stride_w == 1) {
+                            avg_pool_nchw_planes<1, scalar_t>(input, output, plan, begin, end);
+                          } else if (s.stride_w == 2) {
+                            avg_pool_nchw_planes<2, scalar_t>(input, output, plan, begin, end);
+                          } else {
+                            avg_pool_nchw_planes<0, scalar_t>(input, output, plan, begin, end);
+                          }
+                        });
+}
+
+// NHWC: output pixels [begin, end) of the flattened (n, oh, ow) range, inner loop over channels.
+template <typename scalar_t>
+FASTCNN_SIMD_CLONES void avg_pool_nhwc_pixels(const scalar_t* input, scalar_t* output, const AvgPoolPlan& plan,
+                                              int64_t begin, int64_t end) {
+  const Pool2dShape& s = plan.shape;
+  const int64_t channels = s.channels, in_w = s.in_w, out_w = s.out_w, out_h = s.out_h;
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t n = t / (out_h * out_w), oh = (t / out_w) % out_h, ow = t % out_w;
+    const pool::AvgSpan& r = plan.rows[oh];
+    const pool::AvgSpan& c = plan.cols[ow];
+    scalar_t* __restrict y = output + t * channels;
+    std::fill(y, y + channels, scalar_t(0));
+    if (empty_window(r, c)) continue;
+    for (int64_t ih = r.begin; ih < r.end; ++ih) {
+      for (int64_t iw = c.begin; iw < c.end; ++iw) {
+        const scalar_t* __restrict x = input + ((n * s.in_h + ih) * in_w + iw) * channels;
+        for (int64_t ch = 0; ch < channels; ++ch) y[ch] += x[ch];
       }
     }
-  });
+    const scalar_t divisor = static_cast<scalar_t>(plan.divisor(r, c));
+    for (int64_t ch = 0; ch < channels; ++ch) y[ch] /= divisor;
+  }
 }
 
 template <typename scalar_t>
 void avg_pool_nhwc(const scalar_t* input, scalar_t* output, const AvgPoolPlan& plan) {
   const Pool2dShape& s = plan.shape;
-  const int64_t channels = s.channels, in_w = s.in_w, out_w = s.out_w, out_h = s.out_h;
-  at::parallel_for(0, s.batch * out_h * out_w, pool::grain_for(channels * s.kernel_h * s.kernel_w),
-                   [&](int64_t begin, int64_t end) {
-                     for (int64_t t = begin; t < end; ++t) {
-                       const int64_t n = t / (out_h * out_w), oh = (t / out_w) % out_h, ow = t % out_w;
-                       const pool::AvgSpan& r = plan.rows[oh];
-                       const pool::AvgSpan& c = plan.cols[ow];
-                       scalar_t* __restrict y = output + t * channels;
-                       std::fill(y, y + channels, scalar_t(0));
-                       if (empty_window(r, c)) continue;
-                       for (int64_t ih = r.begin; ih < r.end; ++ih) {
-                         for (int64_t iw = c.begin; iw < c.end; ++iw) {
-                           const scalar_t* __restrict x = input + ((n * s.in_h + ih) * in_w + iw) * channels;
-                           for (int64_t ch = 0; ch < channels; ++ch) y[ch] += x[ch];
-                         }
-                       }
-                       const scalar_t divisor = static_cast<scalar_t>(plan.divisor(r, c));
-                       for (int64_t ch = 0; ch < channels; ++ch) y[ch] /= divisor;
-                     }
-                   });
+  at::parallel_for(0, s.batch * s.out_h * s.out_w, pool::grain_for(s.channels * s.kernel_h * s.kernel_w),
+                   [&](int64_t begin, int64_t end) { avg_pool_nhwc_pixels<scalar_t>(input, output, plan, begin, end); });
 }
 
 at::Tensor avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
@@ -129,58 +157,62 @@ at::Tensor avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, 
   return output;
 }
 
-template <typename scalar_t>
-void avg_pool_backward_nchw(const scalar_t* grad_output, scalar_t* grad_input, const AvgPoolPlan& plan) {
+// NCHW transpose of the forward: each output row's grad / divisor is spread tap by tap across the row.
+template <int64_t kStride, typename scalar_t>
+FASTCNN_SIMD_CLONES void avg_pool_backward_nchw_planes(const scalar_t* grad_output, scalar_t* grad_input,
+                                                       const AvgPoolPlan& plan, scalar_t* __restrict delta,
+                                                       int64_t begin, int64_t end) {
   const Pool2dShape& s = plan.shape;
-  const int64_t in_w = s.in_w, in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
-  pool::parallel_planes(s.batch * s.channels, out_plane * s.kernel_h * s.kernel_w, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      scalar_t* gi = grad_input + p * in_plane;
-      const scalar_t* go = grad_output + p * out_plane;
-      std::fill(gi, gi + in_plane, scalar_t(0));
-      for (int64_t oh = 0; oh < s.out_h; ++oh) {
-        const pool::AvgSpan& r = plan.rows[oh];
-        for (int64_t ow = 0; ow < s.out_w; ++ow) {
-          const pool::AvgSpan& c = plan.cols[ow];
-          if (empty_window(r, c)) continue;
-          const scalar_t delta = go[oh * s.out_w + ow] / static_cast<scalar_t>(plan.divisor(r, c));
-          for (int64_t ih = r.begin; ih < r.end; ++ih) {
-            scalar_t* row = gi + ih * in_w;
-            for (int64_t iw = c.begin; iw < c.end; ++iw) row[iw] += delta;
-          }
+  const int64_t in_w = s.in_w, in_plane = s.in_h * s.in_w, out_w = s.out_w, out_plane = s.out_h * s.out_w;
+  const int64_t stride = kStride > 0 ? kStride : s.stride_w;
+  for (int64_t p = begin; p < end; ++p) {
+    scalar_t* gi = grad_input + p * in_plane;
+    std::fill(gi, gi + in_plane, scalar_t(0));
+    for (int64_t oh = 0; oh < s.out_h; ++oh) {
+      const pool::AvgSpan& r = plan.rows[oh];
+      const scalar_t* go = grad_output + p * out_plane + oh * out_w;
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        const pool::AvgSpan& c = plan.cols[ow];
+        delta[ow] = empty_window(r, c) ? scalar_t(0) : go[ow] / static_cast<scalar_t>(plan.divisor(r, c));
+      }
+      for (int64_t ih = r.begin; ih < r.end; ++ih) {
+        scalar_t* __restrict row = gi + ih * in_w;
+        for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+          const pool::Span outs = plan.tap_cols[kw];
+          const int64_t offset = kw - s.pad_w;
+          for (int64_t o = outs.begin; o < outs.end; ++o) row[o * stride + offset] += delta[o];
         }
       }
     }
-  });
+  }
 }
 
+// NHWC: channels [c0, c1) of sample n.
 template <typename scalar_t>
-void avg_pool_backward_nhwc(const scalar_t* grad_output, scalar_t* grad_input, const AvgPoolPlan& plan) {
+FASTCNN_SIMD_CLONES void avg_pool_backward_nhwc_slice(const scalar_t* grad_output, scalar_t* grad_input,
+                                                      const AvgPoolPlan& plan, scalar_t* __restrict delta,
+                                                      int64_t n, int64_t c0, int64_t c1) {
   const Pool2dShape& s = plan.shape;
   const int64_t channels = s.channels, in_w = s.in_w, in_plane = s.in_h * s.in_w;
   const int64_t out_plane = s.out_h * s.out_w;
-  pool::parallel_nhwc_slices(s.batch, channels, [&](int64_t n, int64_t c0, int64_t c1) {
-    pool::zero_nhwc_slice(grad_input, n, in_plane, channels, c0, c1);
-    const int64_t width = c1 - c0;
-    std::vector<scalar_t> delta_buffer(width);
-    scalar_t* __restrict delta = delta_buffer.data();
-    for (int64_t oh = 0; oh < s.out_h; ++oh) {
-      const pool::AvgSpan& r = plan.rows[oh];
-      for (int64_t ow = 0; ow < s.out_w; ++ow) {
-        const pool::AvgSpan& c = plan.cols[ow];
-        if (empty_window(r, c)) continue;
-        const scalar_t divisor = static_cast<scalar_t>(plan.divisor(r, c));
-        const scalar_t* go = grad_output + (n * out_plane + oh * s.out_w + ow) * channels + c0;
-        for (int64_t ch = 0; ch < width; ++ch) delta[ch] = go[ch] / divisor;
-        for (int64_t ih = r.begin; ih < r.end; ++ih) {
-          for (int64_t iw = c.begin; iw < c.end; ++iw) {
-            scalar_t* __restrict gi = grad_input + ((n * s.in_h + ih) * in_w + iw) * channels + c0;
-            for (int64_t ch = 0; ch < width; ++ch) gi[ch] += delta[ch];
-          }
+  pool::zero_nhwc_slice(grad_input, n, in_plane, channels, c0, c1);
+  const int64_t width = c1 - c0;
+  for (int64_t oh = 0; oh < s.out_h; ++oh) {
+    const pool::AvgSpan& r = plan.rows[oh];
+    for (int64_t ow = 0; ow < s.out_w; ++ow) {
+      const pool::AvgSpan& c = plan.cols[ow];
+      if (empty_window(r, c)) continue;
+      const scalar_t divisor = static_cast<scalar_t>(plan.divisor(r, c));
+      const scalar_t* go = grad_output + (n * out_plane + oh * s.out_w + ow) * channels + c0;
+      for (int64_t ch = 0; ch < width; ++ch) delta[ch] = go[ch] / divisor;
+      for (int64_t ih = r.begin; ih < r.end; ++ih) {
+        for (int64_t iw = c.begin; iw < c.end; ++iw) {
+          scalar_t* __restrict gi = grad_input + ((n * s.in_h + ih) * in_w + iw) * channels + c0;
+          for (int64_t ch = 0; ch < width; ++ch) gi[ch] += delta[ch];
         }
       }
     }
-  });
+  }
 }
 
 at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
@@ -195,10 +227,26 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   const at::Tensor go = grad_output.contiguous(fmt);
   at::Tensor grad_input = pool::empty_4d(input, s.batch, s.channels, s.in_h, s.in_w, fmt);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastcnn_avg_pool2d_backward_cpu", [&] {
+    const scalar_t* gop = go.const_data_ptr<scalar_t>();
+    scalar_t* gip = grad_input.mutable_data_ptr<scalar_t>();
     if (pool::is_channels_last(fmt)) {
-      avg_pool_backward_nhwc<scalar_t>(go.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), plan);
+      pool::parallel_nhwc_slices(s.batch, s.channels, [&](int64_t n, int64_t c0, int64_t c1) {
+        std::vector<scalar_t> delta(c1 - c0);
+        avg_pool_backward_nhwc_slice<scalar_t>(gop, gip, plan, delta.data(), n, c0, c1);
+      });
     } else {
-      avg_pool_backward_nchw<scalar_t>(go.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), plan);
+      pool::parallel_planes(s.batch * s.channels, s.out_h * s.out_w * s.kernel_h * s.kernel_w,
+                            [&](int64_t begin, int64_t end) {
+                              std::vector<scalar_t> delta(s.out_w);
+                              scalar_t* d = delta.data();
+                              if (s.stride_w == 1) {
+                                avg_pool_backward_nchw_planes<1, scalar_t>(gop, gip, plan, d, begin, end);
+                              } else if (s.stride_w == 2) {
+                                avg_pool_backward_nchw_planes<2, scalar_t>(gop, gip, plan, d, begin, end);
+                              } else {
+                                avg_pool_backward_nchw_planes<0, scalar_t>(gop, gip, plan, d, begin, end);
+                              }
+                            });
     }
   });
   return grad_input;

@@ -62,11 +62,10 @@ inline void fold_row_tap(const scalar_t* __restrict row, scalar_t* __restrict be
 // resolve exactly as a per-output scan would, but with the inner loop running across output columns.
 template <int64_t kStride, typename scalar_t, typename index_t>
 FASTCNN_SIMD_CLONES void max_pool_nchw_planes(const scalar_t* input, scalar_t* output, int64_t* indices,
-                                              const MaxPoolPlan& plan, int64_t begin, int64_t end) {
+                                              const MaxPoolPlan& plan, index_t* narrow_index, int64_t begin,
+                                              int64_t end) {
   const Pool2dShape& s = plan.s;
   const int64_t in_w = s.in_w, in_plane = s.in_h * s.in_w, out_w = s.out_w, out_plane = s.out_h * s.out_w;
-  std::vector<index_t> narrow_index;
-  if constexpr (!std::is_same_v<index_t, int64_t>) narrow_index.resize(out_w);
   for (int64_t p = begin; p < end; ++p) {
     const scalar_t* x = input + p * in_plane;
     for (int64_t oh = 0; oh < s.out_h; ++oh) {
@@ -77,7 +76,7 @@ FASTCNN_SIMD_CLONES void max_pool_nchw_planes(const scalar_t* input, scalar_t* o
       if constexpr (std::is_same_v<index_t, int64_t>) {
         best_index = ind;
       } else {
-        best_index = narrow_index.data();
+        best_index = narrow_index;
       }
       for (int64_t ow = 0; ow < out_w; ++ow) {
         best[ow] = -std::numeric_limits<scalar_t>::infinity();
@@ -101,12 +100,14 @@ void max_pool_nchw(const scalar_t* input, scalar_t* output, int64_t* indices, co
   const Pool2dShape& s = plan.s;
   pool::parallel_planes(s.batch * s.channels, s.out_h * s.out_w * s.kernel_h * s.kernel_w,
                         [&](int64_t begin, int64_t end) {
+                          std::vector<index_t> scratch(std::is_same_v<index_t, int64_t> ? 0 : s.out_w);
+                          index_t* narrow = scratch.data();
                           if (s.stride_w == 1) {
-                            max_pool_nchw_planes<1, scalar_t, index_t>(input, output, indices, plan, begin, end);
+                            max_pool_nchw_planes<1, scalar_t, index_t>(input, output, indices, plan, narrow, begin, end);
                           } else if (s.stride_w == 2) {
-                            max_pool_nchw_planes<2, scalar_t, index_t>(input, output, indices, plan, begin, end);
+                            max_pool_nchw_planes<2, scalar_t, index_t>(input, output, indices, plan, narrow, begin, end);
                           } else {
-                            max_pool_nchw_planes<0, scalar_t, index_t>(input, output, indices, plan, begin, end);
+                            max_pool_nchw_planes<0, scalar_t, index_t>(input, output, indices, plan, narrow, begin, end);
                           }
                         });
 }
@@ -126,11 +127,10 @@ inline void fold_tap(const scalar_t* __restrict tap, scalar_t* __restrict best, 
 // NHWC: output pixels [begin, end) of the flattened (n, oh, ow) range.
 template <typename scalar_t, typename index_t>
 FASTCNN_SIMD_CLONES void max_pool_nhwc_pixels(const scalar_t* input, scalar_t* output, int64_t* indices,
-                                              const MaxPoolPlan& plan, int64_t begin, int64_t end) {
+                                              const MaxPoolPlan& plan, index_t* narrow_index, int64_t begin,
+                                              int64_t end) {
   const Pool2dShape& s = plan.s;
   const int64_t channels = s.channels, in_w = s.in_w, out_w = s.out_w, out_h = s.out_h;
-  std::vector<index_t> narrow_index;
-  if constexpr (!std::is_same_v<index_t, int64_t>) narrow_index.resize(channels);
   for (int64_t t = begin; t < end; ++t) {
     const int64_t n = t / (out_h * out_w), oh = (t / out_w) % out_h, ow = t % out_w;
     const pool::Span r = plan.rows[oh], c = plan.cols[ow];
@@ -140,7 +140,7 @@ FASTCNN_SIMD_CLONES void max_pool_nhwc_pixels(const scalar_t* input, scalar_t* o
     if constexpr (std::is_same_v<index_t, int64_t>) {
       best_index = ind;
     } else {
-      best_index = narrow_index.data();
+      best_index = narrow_index;
     }
     std::fill(best, best + channels, -std::numeric_limits<scalar_t>::infinity());
     std::fill(best_index, best_index + channels, static_cast<index_t>(r.begin * in_w + c.begin));
@@ -164,7 +164,9 @@ void max_pool_nhwc(const scalar_t* input, scalar_t* output, int64_t* indices, co
   const Pool2dShape& s = plan.s;
   at::parallel_for(0, s.batch * s.out_h * s.out_w, pool::grain_for(s.channels * s.kernel_h * s.kernel_w),
                    [&](int64_t begin, int64_t end) {
-                     max_pool_nhwc_pixels<scalar_t, index_t>(input, output, indices, plan, begin, end);
+                     std::vector<index_t> scratch(std::is_same_v<index_t, int64_t> ? 0 : s.channels);
+                     max_pool_nhwc_pixels<scalar_t, index_t>(input, output, indices, plan, scratch.data(), begin,
+                                                             end);
                    });
 }
 
@@ -201,40 +203,51 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
               "send its gradient to");
 }
 
+// The multiversioned loops below must not throw, so they return false and the offending index, and
+// the caller raises the error.
 template <typename scalar_t>
-void max_pool_backward_nchw(const scalar_t* grad_output, const int64_t* indices, scalar_t* grad_input,
-                            int64_t planes, int64_t in_plane, int64_t out_plane) {
-  pool::parallel_planes(planes, out_plane, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      scalar_t* gi = grad_input + p * in_plane;
-      const scalar_t* go = grad_output + p * out_plane;
-      const int64_t* ind = indices + p * out_plane;
-      std::fill(gi, gi + in_plane, scalar_t(0));
-      for (int64_t o = 0; o < out_plane; ++o) {
-        const int64_t i = ind[o];
-        if (static_cast<uint64_t>(i) >= static_cast<uint64_t>(in_plane)) bad_index(i, in_plane);
-        gi[i] += go[o];
+FASTCNN_SIMD_CLONES bool max_pool_backward_planes(const scalar_t* grad_output, const int64_t* indices,
+                                                  scalar_t* grad_input, int64_t in_plane, int64_t out_plane,
+                                                  int64_t begin, int64_t end, int64_t* bad) {
+  for (int64_t p = begin; p < end; ++p) {
+    scalar_t* gi = grad_input + p * in_plane;
+    const scalar_t* go = grad_output + p * out_plane;
+    const int64_t* ind = indices + p * out_plane;
+    std::fill(gi, gi + in_plane, scalar_t(0));
+    for (int64_t o = 0; o < out_plane; ++o) {
+      const int64_t i = ind[o];
+      if (static_cast<uint64_t>(i) >= static_cast<uint64_t>(in_plane)) {
+        *bad = i;
+        return false;
       }
+      gi[i] += go[o];
     }
-  });
+  }
+  return true;
 }
 
+// Channels [c0, c1) of sample n: the indices of distinct channels never collide, so the channel loop
+// has no dependences.
 template <typename scalar_t>
-void max_pool_backward_nhwc(const scalar_t* grad_output, const int64_t* indices, scalar_t* grad_input,
-                            int64_t batch, int64_t channels, int64_t in_plane, int64_t out_plane) {
-  pool::parallel_nhwc_slices(batch, channels, [&](int64_t n, int64_t c0, int64_t c1) {
-    pool::zero_nhwc_slice(grad_input, n, in_plane, channels, c0, c1);
-    scalar_t* gi = grad_input + n * in_plane * channels;
-    for (int64_t o = 0; o < out_plane; ++o) {
-      const scalar_t* go = grad_output + (n * out_plane + o) * channels;
-      const int64_t* ind = indices + (n * out_plane + o) * channels;
-      for (int64_t c = c0; c < c1; ++c) {
-        const int64_t i = ind[c];
-        if (static_cast<uint64_t>(i) >= static_cast<uint64_t>(in_plane)) bad_index(i, in_plane);
-        gi[i * channels + c] += go[c];
+FASTCNN_SIMD_CLONES bool max_pool_backward_nhwc_slice(const scalar_t* grad_output, const int64_t* indices,
+                                                      scalar_t* grad_input, int64_t channels, int64_t in_plane,
+                                                      int64_t out_plane, int64_t n, int64_t c0, int64_t c1,
+                                                      int64_t* bad) {
+  pool::zero_nhwc_slice(grad_input, n, in_plane, channels, c0, c1);
+  scalar_t* gi = grad_input + n * in_plane * channels;
+  for (int64_t o = 0; o < out_plane; ++o) {
+    const scalar_t* go = grad_output + (n * out_plane + o) * channels;
+    const int64_t* ind = indices + (n * out_plane + o) * channels;
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t i = ind[c];
+      if (static_cast<uint64_t>(i) >= static_cast<uint64_t>(in_plane)) {
+        *bad = i;
+        return false;
       }
+      gi[i * channels + c] += go[c];
     }
-  });
+  }
+  return true;
 }
 
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
@@ -258,9 +271,19 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
     const int64_t* ip = ind.const_data_ptr<int64_t>();
     scalar_t* gip = grad_input.mutable_data_ptr<scalar_t>();
     if (pool::is_channels_last(fmt)) {
-      max_pool_backward_nhwc<scalar_t>(gop, ip, gip, batch, channels, in_plane, out_plane);
+      pool::parallel_nhwc_slices(batch, channels, [&](int64_t n, int64_t c0, int64_t c1) {
+        int64_t bad = 0;
+        if (!max_pool_backward_nhwc_slice<scalar_t>(gop, ip, gip, channels, in_plane, out_plane, n, c0, c1, &bad)) {
+          bad_index(bad, in_plane);
+        }
+      });
     } else {
-      max_pool_backward_nchw<scalar_t>(gop, ip, gip, batch * channels, in_plane, out_plane);
+      pool::parallel_planes(batch * channels, in_plane + out_plane, [&](int64_t begin, int64_t end) {
+        int64_t bad = 0;
+        if (!max_pool_backward_planes<scalar_t>(gop, ip, gip, in_plane, out_plane, begin, end, &bad)) {
+          bad_index(bad, in_plane);
+        }
+      });
     }
   });
   return grad_input;
