@@ -43,9 +43,10 @@ FASTCNN_SIMD_CLONES void adaptive_avg_pool_nchw_planes(const scalar_t* input, sc
         for (int64_t ow = 0; ow < p.out_w; ++ow) {
           const pool::Span c = p.cols[ow];
           scalar_t sum = 0;
-          for (int64_t ih = r.begin; ih < r.end; ++ih) {
-            const scalar_t* row = x + ih * p.in_w;
-            for (int64_t iw = c.begin; iw < c.end; ++iw) sum += row[iw];
+          if (c.begin == 0 && c.end == p.in_w) {
+            sum = pool::sum_contiguous(x + r.begin * p.in_w, (r.end - r.begin) * p.in_w);  // rows are adjacent
+          } else {
+            for (int64_t ih = r.begin; ih < r.end; ++ih) sum += pool::sum_contiguous(x + ih * p.in_w + c.begin, c.end - c.begin);
           }
           y[oh * p.out_w + ow] = sum / static_cast<scalar_t>((r.end - r.begin) * (c.end - c.begin));
         }

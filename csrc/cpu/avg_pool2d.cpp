@@ -118,10 +118,15 @@ FASTCNN_SIMD_CLONES void avg_pool_nhwc_pixels(const scalar_t* input, scalar_t* o
     const pool::AvgSpan& r = plan.rows[oh];
     const pool::AvgSpan& c = plan.cols[ow];
     scalar_t* __restrict y = output + t * channels;
-    std::fill(y, y + channels, scalar_t(0));
-    if (empty_window(r, c)) continue;
+    if (empty_window(r, c)) {
+      std::fill(y, y + channels, scalar_t(0));
+      continue;
+    }
+    // The first tap initialises the sum (0 + v == v exactly), saving a pass over the output pixel.
+    const scalar_t* first = input + ((n * s.in_h + r.begin) * in_w + c.begin) * channels;
+    std::copy(first, first + channels, y);
     for (int64_t ih = r.begin; ih < r.end; ++ih) {
-      for (int64_t iw = c.begin; iw < c.end; ++iw) {
+      for (int64_t iw = ih == r.begin ? c.begin + 1 : c.begin; iw < c.end; ++iw) {
         const scalar_t* __restrict x = input + ((n * s.in_h + ih) * in_w + iw) * channels;
         for (int64_t ch = 0; ch < channels; ++ch) y[ch] += x[ch];
       }

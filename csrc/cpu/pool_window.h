@@ -103,6 +103,24 @@ inline Pool2dShape check_pool_geometry(const at::Tensor& input, at::IntArrayRef 
   return s;
 }
 
+// Sum of n contiguous values with independent partial sums, so that it vectorises without
+// -ffast-math and is not one long chain of dependent adds.
+template <typename scalar_t>
+inline scalar_t sum_contiguous(const scalar_t* __restrict x, int64_t n) {
+  constexpr int64_t kLanes = 64 / sizeof(scalar_t);
+  scalar_t total = 0;
+  int64_t i = 0;
+  if (n >= kLanes) {
+    scalar_t partial[kLanes] = {};
+    for (; i + kLanes <= n; i += kLanes) {
+      for (int64_t j = 0; j < kLanes; ++j) partial[j] += x[i + j];
+    }
+    for (int64_t j = 0; j < kLanes; ++j) total += partial[j];
+  }
+  for (; i < n; ++i) total += x[i];
+  return total;
+}
+
 inline bool is_channels_last(at::MemoryFormat fmt) { return fmt == at::MemoryFormat::ChannelsLast; }
 
 inline at::Tensor empty_4d(const at::Tensor& like, int64_t n, int64_t c, int64_t h, int64_t w,
