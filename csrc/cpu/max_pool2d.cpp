@@ -1,7 +1,7 @@
 // CPU max_pool2d (with int64 argmax indices) and its backward.
-// Algorithm: forward is a direct window scan; a tap wins if it is greater than the running max or is
-// NaN, so NaN propagates and the index of the last NaN is kept, as in ATen. Window bounds per output
-// row/column are computed once per call. Backward zeroes grad_input and adds each grad_output element
+// Algorithm: forward folds window taps into running maxima in the window's (row, column) order; a tap
+// wins if it is greater than the running max or is NaN, so NaN propagates and the index of the last NaN
+// is kept, as in ATen. NCHW folds each tap across a whole output row at once so the loop vectorises. Backward zeroes grad_input and adds each grad_output element
 // at its saved index; the work is split so that every grad_input element has one owner (whole (n, c)
 // planes for NCHW, (sample, channel block) slices for NHWC), so overlapping windows need no atomics.
 // Layout: NCHW (threads over planes) or channels_last (threads over output pixels, inner loop over the
