@@ -45,7 +45,7 @@ AvgPoolPlan plan_avg_pool(const at::Tensor& input, at::IntArrayRef kernel_size, 
                           std::optional<int64_t> divisor_override) {
   const int64_t no_dilation[2] = {1, 1};
   AvgPoolPlan plan;
-  plan.shape = pool::check_pool_geometry(input, kernel_size, stride, padding, no_dilation, ceil_mode);
+  plan.shape = check_pool2d(input, kernel_size, stride, padding, no_dilation, ceil_mode, /*allow_reduced=*/false);
   TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0,
               "fastcnn: divisor_override must be non-zero (or None), got 0");
   const Pool2dShape& s = plan.shape;

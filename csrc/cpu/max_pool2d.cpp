@@ -176,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
                                                   at::IntArrayRef stride, at::IntArrayRef padding,
                                                   at::IntArrayRef dilation, bool ceil_mode) {
   const Pool2dShape s =
-      pool::check_pool_geometry(input, kernel_size, stride, padding, dilation, ceil_mode);
+      check_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, /*allow_reduced=*/false);
   const MaxPoolPlan plan = plan_max_pool(s);
   const auto fmt = output_memory_format(input);
   const at::Tensor x = input.contiguous(fmt);

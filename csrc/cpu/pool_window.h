@@ -84,25 +84,6 @@ auto spans(int64_t count, const SpanFn& fn) {
   return result;
 }
 
-// check_pool2d plus the case its output-extent arithmetic lets through: PyTorch floors
-// (in + 2*pad - dilation*(kernel-1) - 1 [+ stride-1 with ceil_mode]) / stride, so a negative numerator
-// means an empty output even where truncating division would round it up to one window.
-inline Pool2dShape check_pool_geometry(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                       bool ceil_mode) {
-  const Pool2dShape s =
-      check_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, /*allow_reduced=*/false);
-  const auto numerator = [&](int64_t in, int64_t k, int64_t st, int64_t p, int64_t d) {
-    return in + 2 * p - d * (k - 1) - 1 + (ceil_mode ? st - 1 : 0);
-  };
-  TORCH_CHECK(numerator(s.in_h, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h) >= 0 &&
-                  numerator(s.in_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w) >= 0,
-              "fastcnn: pooling output size would be empty: input ", s.in_h, "x", s.in_w, " with padding ",
-              padding, " is smaller than the dilated kernel_size ", kernel_size, " (dilation ", dilation,
-              "); it must produce at least 1x1");
-  return s;
-}
-
 // Sum of n contiguous values with independent partial sums, so that it vectorises without
 // -ffast-math and is not one long chain of dependent adds.
 template <typename scalar_t>
