@@ -1,0 +1,245 @@
+"""``fastcnn.convert``: run an existing PyTorch model on fastcnn's kernels.
+
+:func:`convert` walks any ``nn.Module`` and swaps the torch layers that fastcnn serves for their
+:mod:`fastcnn.nn` counterparts. Every ``fastcnn.nn`` class subclasses its ``torch.nn`` class and keeps its
+attributes, so the swap changes only the module's class: parameters (the same ``Parameter`` objects),
+buffers, hooks, ``requires_grad``, device, dtype, training mode and ``state_dict`` keys all stay as they
+were. Layers fastcnn cannot serve are left as they are and listed, with the reason, in the
+:class:`ConvertReport` attached to the returned model as ``model.fastcnn_convert_report``.
+
+BatchNorm stays torch's own layer: fastcnn has no batch-norm kernel. For inference, :func:`fastcnn.fuse`
+folds it into the preceding convolution.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import nn as fnn
+
+__all__ = ["ConvertReport", "ConvertedLayer", "SkippedLayer", "convert", "supported_dtypes"]
+
+logger = logging.getLogger(__name__)
+
+#: torch.nn class -> the fastcnn.nn class that replaces it. Matched on the exact class: a subclass may
+#: override forward (timm's Conv2dSame, StdConv2d), and replacing it would silently change the model.
+_REPLACEMENTS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv2d: fnn.Conv2d,
+    nn.Linear: fnn.Linear,
+    nn.MaxPool2d: fnn.MaxPool2d,
+    nn.AvgPool2d: fnn.AvgPool2d,
+    nn.AdaptiveAvgPool2d: fnn.AdaptiveAvgPool2d,
+    nn.ReLU: fnn.ReLU,
+    nn.Sigmoid: fnn.Sigmoid,
+    nn.Tanh: fnn.Tanh,
+    nn.Flatten: fnn.Flatten,
+}
+
+_FASTCNN_CLASSES = frozenset(_REPLACEMENTS.values()) | {fnn.ResidualAdd}
+
+#: Layers with nothing to compute (or nothing fastcnn should compute): not worth a line in the report.
+_PASSIVE = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
+
+_SKIP_REASONS: list[tuple[tuple[type[nn.Module], ...], str]] = [
+    (
+        (nn.BatchNorm2d, nn.BatchNorm1d, nn.BatchNorm3d, nn.SyncBatchNorm),
+        "no fastcnn batch-norm kernel: stays torch.nn (fastcnn.fuse folds it into the conv for inference)",
+    ),
+    ((nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool1d), "fastcnn has no adaptive max-pool kernel"),
+    (
+        (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
+        "not a 2-D forward convolution: fastcnn's conv2d kernel does not serve it",
+    ),
+    ((nn.MaxPool1d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool3d), "not 2-D pooling"),
+]
+
+
+def supported_dtypes(device: torch.device | str) -> tuple[torch.dtype, ...]:
+    """The parameter dtypes fastcnn's kernels take on ``device``: float32/float64 on the CPU, plus
+    float16/bfloat16 on CUDA (only when fastcnn was built with its CUDA kernels)."""
+    device_type = torch.device(device).type
+    if device_type == "cpu":
+        return (torch.float32, torch.float64)
+    if device_type == "cuda":
+        from . import built_with_cuda
+
+        if built_with_cuda():
+            return (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    return ()
+
+
+@dataclass(frozen=True)
+class ConvertedLayer:
+    """A layer :func:`convert` swapped: its qualified name ("" for the root) and both class names."""
+
+    name: str
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class SkippedLayer:
+    """A layer left on torch: its qualified name, its class name and why it was not converted."""
+
+    name: str
+    kind: str
+    reason: str
+
+
+@dataclass
+class ConvertReport:
+    """What :func:`convert` did. ``converted`` and ``skipped`` list layers in ``named_modules`` order.
+
+    Only leaf layers appear: containers (``nn.Sequential``, blocks) are walked, not reported, and layers
+    with nothing to compute (``nn.Identity``, dropout) are not listed as skipped.
+    """
+
+    converted: list[ConvertedLayer] = field(default_factory=list)
+    skipped: list[SkippedLayer] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """Converted layers per fastcnn class name, e.g. ``{"Conv2d": 20, "Linear": 1}``."""
+        out: dict[str, int] = {}
+        for layer in self.converted:
+            out[layer.target] = out.get(layer.target, 0) + 1
+        return out
+
+    def summary(self) -> str:
+        """One line per skipped layer kind, after a count of converted layers; for logs and printing."""
+        lines = [f"fastcnn.convert: {len(self.converted)} layers converted {self.counts()}"]
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for layer in self.skipped:
+            grouped.setdefault((layer.kind, layer.reason), []).append(layer.name)
+        for (kind, reason), names in grouped.items():
+            shown = ", ".join(names[:3]) + (f", ... ({len(names)} in all)" if len(names) > 3 else "")
+            lines.append(f"  left on torch: {kind} [{shown}]: {reason}")
+        return "\n".join(lines)
+
+
+def _tensor_problem(module: nn.Module) -> str | None:
+    """Why fastcnn cannot run this module's own parameters/buffers, or None when it can."""
+    for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+        if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+            return f"{name} is not initialised yet (lazy module): run a forward pass first"
+        if not tensor.is_floating_point():
+            continue
+        if tensor.dtype not in supported_dtypes(tensor.device):
+            return f"{name} is {tensor.dtype} on {tensor.device.type}, which fastcnn's kernels do not take"
+    return None
+
+
+def _model_problem(model: nn.Module) -> str | None:
+    """For parameterless layers (pools, activations) the dtype is only known at run time: judge by the
+    model's floating parameters, and leave those layers on torch when fastcnn cannot run the model."""
+    seen: set[tuple[str, torch.dtype]] = set()
+    for tensor in model.parameters():
+        if tensor.is_floating_point() and not isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+            seen.add((tensor.device.type, tensor.dtype))
+    for device_type, dtype in sorted(seen, key=str):
+        if dtype not in supported_dtypes(device_type):
+            return f"the model has {dtype} parameters on {device_type}, which fastcnn's kernels do not take"
+    return None
+
+
+def _reason_to_skip(module: nn.Module, model_problem: str | None) -> str | None:
+    """None when ``module`` (an exact match in _REPLACEMENTS) can be converted, else the reason."""
+    if torch.nn.utils.parametrize.is_parametrized(module):
+        return "parametrized weight (torch.nn.utils.parametrize): left on torch"
+    if isinstance(module, nn.MaxPool2d) and module.return_indices:
+        return "return_indices=True (the indices feed MaxUnpool2d): left on torch"
+    problem = _tensor_problem(module)
+    if problem is not None:
+        return problem
+    if not any(True for _ in module.parameters(recurse=False)) and model_problem is not None:
+        return model_problem
+    return None
+
+
+def _skip_reason_for_other(module: nn.Module) -> str | None:
+    """Reason a leaf layer with no fastcnn counterpart stays on torch (None: not worth reporting)."""
+    if isinstance(module, _PASSIVE):
+        return None
+    for kinds, reason in _SKIP_REASONS:
+        if isinstance(module, kinds):
+            return reason
+    for torch_cls in _REPLACEMENTS:
+        if isinstance(module, torch_cls):
+            return (
+                f"subclass of torch.nn.{torch_cls.__name__} that may change its forward: "
+                "converting it could change the result"
+            )
+    return "no fastcnn kernel for this layer"
+
+
+def convert(model: nn.Module, *, inplace: bool = False, strict: bool = False) -> nn.Module:
+    """Swaps the torch layers of ``model`` that fastcnn serves for :mod:`fastcnn.nn` layers.
+
+    Converted: ``Conv2d`` (every padding mode, groups, dilation, "same"/"valid"), ``Linear``,
+    ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, ``ReLU``, ``Sigmoid``, ``Tanh`` (in-place ones
+    too: fastcnn writes a new tensor, which is a correct substitute wherever the result is used) and
+    ``Flatten``. Matching is on the exact class, so a subclass with its own ``forward`` is never replaced.
+    Left on torch and listed in the report: BatchNorm (no fastcnn kernel; :func:`fastcnn.fuse` folds it
+    for inference), ``AdaptiveMaxPool2d``, ``MaxPool2d(return_indices=True)``, 1-D/3-D and transposed
+    convs, parametrized layers, and layers whose dtype/device fastcnn's kernels do not take (float16 or
+    bfloat16 on the CPU, any device but CPU/CUDA).
+
+    Args:
+        model: any ``nn.Module`` (may itself be a single layer).
+        inplace: when True, ``model`` itself is changed and keeps the very same ``Parameter`` objects;
+            when False (default), a deep copy is converted and ``model`` is untouched.
+        strict: raise ``ValueError`` listing the skipped layers instead of leaving them on torch.
+
+    Returns:
+        The converted model (``model`` itself when ``inplace``). Its :class:`ConvertReport` is attached
+        as ``.fastcnn_convert_report``, and a summary is logged (logger ``fastcnn.convert``, INFO; skips
+        are logged at WARNING when ``strict`` is off and something other than BatchNorm was skipped).
+        Functional calls inside ``forward`` (``F.relu``, ``x + y``) are not touched; see
+        :func:`fastcnn.fuse` for graph-level rewriting.
+
+    Example:
+        >>> model = fastcnn.convert(torchvision.models.resnet50())
+        >>> print(model.fastcnn_convert_report.summary())
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    report = ConvertReport()
+    model_problem = _model_problem(model)
+    for name, module in model.named_modules(remove_duplicate=True):
+        cls = type(module)
+        target = _REPLACEMENTS.get(cls)
+        if target is not None:
+            reason = _reason_to_skip(module, model_problem)
+            if reason is None:
+                # fastcnn.nn classes subclass their torch class and add only ``activation`` and forward,
+                # so swapping the class (as torch's own lazy modules do) keeps every attribute, hook and
+                # parameter object as it was.
+                module.__class__ = target
+                if target in (fnn.Conv2d, fnn.Linear):
+                    module.activation = None
+                report.converted.append(ConvertedLayer(name, cls.__name__, target.__name__))
+            else:
+                report.skipped.append(SkippedLayer(name, cls.__name__, reason))
+            continue
+        if cls in _FASTCNN_CLASSES or next(module.children(), None) is not None:
+            continue  # already fastcnn, or a container whose children are visited on their own
+        reason = _skip_reason_for_other(module)
+        if reason is not None:
+            report.skipped.append(SkippedLayer(name, cls.__name__, reason))
+    if strict and report.skipped:
+        raise ValueError("fastcnn.convert(strict=True) could not convert every layer:\n" + report.summary())
+    _log_report(report)
+    model.fastcnn_convert_report = report
+    return model
+
+
+def _log_report(report: ConvertReport) -> None:
+    # BatchNorm staying on torch is expected (fuse folds it away); anything else deserves a warning.
+    unexpected = any(not s.kind.startswith(("BatchNorm", "SyncBatchNorm")) for s in report.skipped)
+    logger.log(logging.WARNING if unexpected else logging.INFO, "%s", report.summary())
