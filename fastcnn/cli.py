@@ -17,6 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--quick", action="store_true", help="a small subset of the cases (under a minute)")
     check.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     check.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+    from . import bench as bench_module
+
+    bench = sub.add_parser("bench", help="time fastcnn against PyTorch eager and torch.compile")
+    bench_module.add_arguments(bench)
     return parser
 
 
@@ -32,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("fastcnn check: --device cuda needs a GPU and a CUDA build of fastcnn", file=sys.stderr)
                 return 2
         return check.main(args)
+    if args.command == "bench":
+        from . import bench
+
+        return bench.main(args)
     return 2
 
 
