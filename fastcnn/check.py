@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -80,14 +81,16 @@ def _conv_case(
     quick: bool = False,
 ) -> Case:
     kh, kw = (k, k) if isinstance(k, int) else k
-    ref_out = F.conv2d(
-        torch.empty(1, c, *hw, device="meta"),
-        torch.empty(oc, c // groups, kh, kw, device="meta"),
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-    ).shape[2:]
+    with warnings.catch_warnings():  # PyTorch warns about even "same" kernels even on "meta" tensors
+        warnings.simplefilter("ignore", UserWarning)
+        ref_out = F.conv2d(
+            torch.empty(1, c, *hw, device="meta"),
+            torch.empty(oc, c // groups, kh, kw, device="meta"),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+        ).shape[2:]
 
     def make(gen):
         tensors = [
