@@ -188,3 +188,14 @@ def test_check_counts_an_exception_as_a_failure(monkeypatch):
     )
     (result,) = check.run_check(["cpu"], cases=[case], inject_failure="")[:1]
     assert not result.passed and "kernel exploded" in result.error
+
+
+def test_models_skipped_with_a_reason_without_convert(monkeypatch):
+    monkeypatch.setattr(bench, "_load_convert", lambda: (None, None, "fastcnn.convert is not available"))
+    args = cli.build_parser().parse_args(["bench", "--device", "cpu", "--ops", "model"])
+    skipped: list[dict] = []
+    assert bench.build_specs(args, torch.device("cpu"), bench.PRESETS["quick"], "quick", skipped) == []
+    reasons = {s["op"]: s["reason"] for s in skipped}
+    assert (
+        reasons["resnet18_inference"] == reasons["resnet18_train_step"] == "fastcnn.convert is not available"
+    )
