@@ -313,8 +313,8 @@ def test_max_pool2d_random_configs_match_torch(cfg, seed, device):
     args = (cfg["kernel"], cfg["stride"], cfg["padding"], cfg["dilation"], cfg["ceil_mode"])
     ref, ref_indices = F.max_pool2d(x.detach().double(), *args, return_indices=True)
     # A dilated window can lie entirely in the padding: its output is -inf and its index points past the
-    # plane, as in PyTorch. No input element feeds it; fastcnn's backward rejects such indices with a
-    # clear error (PyTorch's CPU backward writes through them out of bounds), so only forward is compared.
+    # plane, as in PyTorch. No input element feeds it; fastcnn's backward rejects such an index with a
+    # clear error (PyTorch returns a zero gradient), so there only the forward pass is compared.
     # Such an index can also land inside the plane (e.g. column 1 of a 1-wide plane is element 1 of a
     # 2-row plane): both then send the gradient there, alike, and backward is compared as usual.
     plane = x.shape[-2] * x.shape[-1]
