@@ -8,7 +8,7 @@ DEV_DEPS   := pytest pytest-xdist pytest-benchmark hypothesis ruff ninja numpy r
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export MAX_JOBS  ?= $(shell nproc)
 
-.PHONY: demo demo-check demo-bench test build lint format clean
+.PHONY: demo demo-check demo-train demo-bench test build lint format clean fuzz-long
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON_SYS) -m venv $(VENV)
@@ -41,6 +41,10 @@ lint: $(VENV)/.deps
 
 test: build lint
 	$(PY) -m pytest -q -n 2 tests/
+
+# The property-based tests with the "long" hypothesis profile: >= 10,000 fresh random examples.
+fuzz-long: build
+	FASTCNN_FUZZ_PROFILE=long $(PY) -m pytest -q -n 2 -p no:cacheprovider --hypothesis-show-statistics tests/test_fuzz.py
 
 format: $(VENV)/.deps
 	$(VENV)/bin/ruff format .

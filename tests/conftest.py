@@ -8,6 +8,8 @@ fastcnn computed in.
 
 from __future__ import annotations
 
+import os
+import re
 import zlib
 
 import pytest
@@ -27,13 +29,53 @@ def pytest_configure(config):
     )
 
 
+#: Markers whose tests run only when asked for: by name in `-m` (e.g. `-m large`) or by the environment
+#: variable (e.g. FASTCNN_RUN_LARGE=1). `large` tests need ~12 GiB of memory each and must run serially.
+OPT_IN_MARKERS = {"slow": "FASTCNN_RUN_SLOW", "large": "FASTCNN_RUN_LARGE"}
+
+
 def pytest_collection_modifyitems(config, items):
+    markexpr = config.getoption("markexpr", default="") or ""
+    for marker, env in OPT_IN_MARKERS.items():
+        if re.search(rf"(?<!not )\b{marker}\b", markexpr) or os.environ.get(env) == "1":
+            continue
+        skip = pytest.mark.skip(reason=f"{marker} test: run with `-m {marker}` or {env}=1")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
     if fastcnn.cuda_available():
         return
     skip = pytest.mark.skip(reason="fastcnn CUDA kernels or a CUDA GPU not available")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------------------------------------
+# hypothesis profiles (property-based tests in test_fuzz.py)
+# --------------------------------------------------------------------------------------------------------
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # pragma: no cover - hypothesis is a test dependency; test_fuzz.py skips without it
+    settings = None
+
+if settings is not None:
+    _FUZZ_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+    # "ci": a fixed (derandomized) sample, so CI is reproducible and fast: FUZZ_EXAMPLES["ci"] per test.
+    # "long": fresh random examples, >= 10,000 in total across test_fuzz.py (`make fuzz-long`).
+    FUZZ_EXAMPLES = {"ci": 40, "long": 1250, "dev": 200}
+    for _name, _count in FUZZ_EXAMPLES.items():
+        settings.register_profile(
+            _name,
+            max_examples=_count,
+            deadline=None,
+            derandomize=_name == "ci",
+            print_blob=True,
+            suppress_health_check=_FUZZ_HEALTH,
+        )
+    FUZZ_PROFILE = os.environ.get("FASTCNN_FUZZ_PROFILE", "ci")
+    settings.load_profile(FUZZ_PROFILE)
 
 
 @pytest.fixture(autouse=True)
