@@ -46,7 +46,8 @@ C10_HOST_DEVICE inline T activation_grad(T g, T y, Activation act) {
     case Activation::Sigmoid:
       return g * y * (T(1) - y);
     case Activation::Tanh:
-      return g * (T(1) - y * y);
+      // (1 - y)(1 + y), not 1 - y*y: near saturation y*y rounds away the small difference from 1.
+      return g * ((T(1) - y) * (T(1) + y));
     default:
       return g;
   }

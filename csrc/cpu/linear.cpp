@@ -42,7 +42,7 @@ LinearShape check_linear(const at::Tensor& input, const at::Tensor& weight,
   check_dim(weight, 2, "weight", "out_features, in_features");
   TORCH_CHECK(input.size(-1) == weight.size(1), "fastcnn: linear input's last dimension (", input.size(-1),
               ") must equal weight's in_features (weight shape ", weight.sizes(), ")");
-  TORCH_CHECK(input.numel() > 0, "fastcnn: linear input is empty (shape ", input.sizes(), ")");
+  TORCH_CHECK(weight.size(1) > 0, "fastcnn: linear weight has no input features (shape ", weight.sizes(), ")");
   TORCH_CHECK(weight.size(0) > 0, "fastcnn: linear weight has no output features (shape ", weight.sizes(), ")");
   if (bias.has_value() && bias->defined()) {
     check_same_dtype_device(*bias, input, "bias", "input");
@@ -71,6 +71,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   at::Tensor out = at::empty({s.rows, s.out_features}, x.options());
+  if (s.rows == 0) return out.view(output_sizes(input, s.out_features));  // an empty batch, as F.linear
 
   const int64_t threads = at::get_num_threads();
   // Enough rows: split rows (each block sees all of W). Few rows: split output features instead.
@@ -137,6 +138,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
   at::Tensor grad_weight = need_weight ? at::empty({N, K}, opts) : at::empty({0}, opts);
   at::Tensor grad_bias = need_bias ? at::empty({N}, opts) : at::empty({0}, opts);
   if (!need_input && !need_weight && !need_bias) return {grad_input, grad_weight, grad_bias};
+  if (M == 0) {  // an empty batch contributes nothing to the weight and bias gradients
+    if (need_weight) grad_weight.zero_();
+    if (need_bias) grad_bias.zero_();
+    return {need_input ? grad_input.view(input.sizes()) : grad_input, grad_weight, grad_bias};
+  }
 
   // grad_pre is kept whole only when grad_weight needs it after the row pass; otherwise per chunk.
   const bool keep_grad_pre = has_act && need_weight;
