@@ -15,7 +15,9 @@ except ImportError as exc:  # pragma: no cover - only hit on a broken install
         f"(this is torch {torch.__version__})."
     ) from exc
 
-from . import nn, ops  # noqa: E402
+from . import models, nn, ops, transfer  # noqa: E402
+from .convert import ConvertReport, convert  # noqa: E402
+from .fuse import FuseReport, fuse  # noqa: E402
 
 
 def cuda_available() -> bool:
@@ -28,4 +30,16 @@ def built_with_cuda() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("fastcnn::relu", "CUDA")
 
 
-__all__ = ["__version__", "built_with_cuda", "cuda_available", "nn", "ops"]
+__all__ = [
+    "ConvertReport",
+    "FuseReport",
+    "__version__",
+    "built_with_cuda",
+    "convert",
+    "cuda_available",
+    "fuse",
+    "models",
+    "nn",
+    "ops",
+    "transfer",
+]

@@ -17,6 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--quick", action="store_true", help="a small subset of the cases (under a minute)")
     check.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     check.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+    train = sub.add_parser("train", help="fine-tune a model-zoo network on an image dataset")
+    from .train import add_arguments as add_train_arguments
+
+    add_train_arguments(train)
     return parser
 
 
@@ -32,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("fastcnn check: --device cuda needs a GPU and a CUDA build of fastcnn", file=sys.stderr)
                 return 2
         return check.main(args)
+    if args.command == "train":
+        from . import train
+
+        return train.main(args)
     return 2
 
 
