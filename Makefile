@@ -3,7 +3,7 @@ PYTHON_SYS ?= python3
 VENV       := .venv
 PY         := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DEV_DEPS   := pytest pytest-xdist hypothesis ruff ninja numpy rich tqdm
+DEV_DEPS   := pytest pytest-xdist hypothesis ruff ninja numpy rich tqdm scikit-learn matplotlib
 # Build the CUDA kernels whenever the toolkit is there (setup.py decides; FASTCNN_CUDA=0/1 forces it).
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export MAX_JOBS  ?= $(shell nproc)
@@ -20,8 +20,10 @@ $(VENV)/.deps: pyproject.toml
 build: $(VENV)/.deps
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
+# The main job: check every op against PyTorch (quick subset), then train and evaluate the digits CNN.
 demo: build
-	$(PY) -m fastcnn check
+	$(PY) -m fastcnn check --quick
+	$(PY) -m fastcnn demo --out out
 
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check .

@@ -44,4 +44,5 @@ TORCH_LIBRARY(fastcnn, m) {
   m.def("tanh(Tensor input) -> Tensor");
   m.def("add(Tensor input, Tensor other, int activation) -> Tensor");
   m.def("activation_backward(Tensor grad_output, Tensor output, int activation) -> Tensor");
+  m.def("augment_affine(Tensor input, Tensor theta, Tensor mean, Tensor std, int[2] out_size) -> Tensor");
 }

@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - only hit on a broken install
         f"(this is torch {torch.__version__})."
     ) from exc
 
-from . import models, nn, ops, transfer  # noqa: E402
+from . import augment, metrics, models, nn, ops, transfer  # noqa: E402
 from .convert import ConvertReport, convert  # noqa: E402
 from .fuse import FuseReport, fuse  # noqa: E402
 
@@ -34,10 +34,12 @@ __all__ = [
     "ConvertReport",
     "FuseReport",
     "__version__",
+    "augment",
     "built_with_cuda",
     "convert",
     "cuda_available",
     "fuse",
+    "metrics",
     "models",
     "nn",
     "ops",

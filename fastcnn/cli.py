@@ -1,4 +1,4 @@
-"""The ``fastcnn`` command line: ``fastcnn check`` (more subcommands: bench, train, demo, as they land)."""
+"""The ``fastcnn`` command line: ``fastcnn check``, ``fastcnn demo`` (more subcommands as they land)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--quick", action="store_true", help="a small subset of the cases (under a minute)")
     check.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     check.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+    demo = sub.add_parser("demo", help="train a small fastcnn CNN on sklearn's digits and report its metrics")
+    from .demo import add_arguments
+
+    add_arguments(demo)
 
     train = sub.add_parser("train", help="fine-tune a model-zoo network on an image dataset")
     from .train import add_arguments as add_train_arguments
@@ -37,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("fastcnn check: --device cuda needs a GPU and a CUDA build of fastcnn", file=sys.stderr)
                 return 2
         return check.main(args)
+    if args.command == "demo":
+        from . import demo
+
+        return demo.main(args)
     if args.command == "train":
         from . import train
 

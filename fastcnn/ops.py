@@ -94,6 +94,16 @@ def _pool_extent(size: int, kernel: int, stride: int, pad: int, dilation: int, c
     return out
 
 
+def _check_devices(ref: Tensor, ref_name: str, **others: Tensor | None) -> None:
+    """The fake (Meta) kernels run whenever any argument is on "meta": check what the C++ kernels check."""
+    for name, t in others.items():
+        if t is not None:
+            torch._check(
+                t.device == ref.device,
+                lambda name=name, t=t: f"fastcnn: {name} is on {t.device} but {ref_name} is on {ref.device}",
+            )
+
+
 # ----------------------------------------------------------------------------------------------------------
 # conv2d
 # ----------------------------------------------------------------------------------------------------------
@@ -155,6 +165,7 @@ def conv2d(
 
 @torch.library.register_fake("fastcnn::conv2d")
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, activation, residual):
+    _check_devices(input, "input", weight=weight, bias=bias, residual=residual)
     torch._check(input.dim() == 4, lambda: f"fastcnn: input must be 4-D, got {input.dim()}-D")
     torch._check(
         weight.dim() == 4 and weight.shape[1] * groups == input.shape[1],
@@ -206,6 +217,7 @@ torch.library.register_autograd("fastcnn::conv2d", _conv2d_backward, setup_conte
 def _conv2d_backward_fake(
     grad_output, input, weight, output, stride, padding, dilation, groups, activation, output_mask
 ):
+    _check_devices(input, "input", grad_output=grad_output, weight=weight, output=output)
     grad_input = _empty_like_format(input, input.shape) if output_mask[0] else input.new_empty(0)
     grad_weight = weight.new_empty(weight.shape) if output_mask[1] else weight.new_empty(0)
     grad_bias = weight.new_empty(weight.shape[0]) if output_mask[2] else weight.new_empty(0)
@@ -232,6 +244,7 @@ def linear(
 
 @torch.library.register_fake("fastcnn::linear")
 def _linear_fake(input, weight, bias, activation):
+    _check_devices(input, "input", weight=weight, bias=bias)
     torch._check(
         input.dim() >= 1 and weight.dim() == 2 and input.shape[-1] == weight.shape[1],
         lambda: f"fastcnn: linear input's last dim ({input.shape[-1]}) must equal weight.shape[1]",
@@ -261,6 +274,7 @@ torch.library.register_autograd("fastcnn::linear", _linear_backward, setup_conte
 
 @torch.library.register_fake("fastcnn::linear_backward")
 def _linear_backward_fake(grad_output, input, weight, output, activation, output_mask):
+    _check_devices(input, "input", grad_output=grad_output, weight=weight, output=output)
     grad_input = input.new_empty(input.shape) if output_mask[0] else input.new_empty(0)
     grad_weight = weight.new_empty(weight.shape) if output_mask[1] else weight.new_empty(0)
     grad_bias = weight.new_empty(weight.shape[0]) if output_mask[2] else weight.new_empty(0)
@@ -334,6 +348,7 @@ torch.library.register_autograd(
 
 @torch.library.register_fake("fastcnn::max_pool2d_backward")
 def _max_pool2d_backward_fake(grad_output, input, indices):
+    _check_devices(input, "input", grad_output=grad_output, indices=indices)
     return _empty_like_format(input, input.shape)
 
 
@@ -381,6 +396,7 @@ torch.library.register_autograd(
 def _avg_pool2d_backward_fake(
     grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
 ):
+    _check_devices(input, "input", grad_output=grad_output)
     return _empty_like_format(input, input.shape)
 
 
@@ -425,6 +441,7 @@ torch.library.register_autograd(
 
 @torch.library.register_fake("fastcnn::adaptive_avg_pool2d_backward")
 def _adaptive_avg_pool2d_backward_fake(grad_output, input):
+    _check_devices(input, "input", grad_output=grad_output)
     return _empty_like_format(input, input.shape)
 
 
@@ -463,12 +480,24 @@ def add(input: Tensor, other: Tensor, *, activation: str | None = None) -> Tenso
     return _ops.add(input, other, activation_code(activation))
 
 
-def _elementwise_fake(input, *args):
+def _elementwise_fake(input):
     return _empty_like_format(input, input.shape)
 
 
-for _name in ("relu", "sigmoid", "tanh", "add", "activation_backward"):
+for _name in ("relu", "sigmoid", "tanh"):
     torch.library.register_fake(f"fastcnn::{_name}", _elementwise_fake)
+
+
+@torch.library.register_fake("fastcnn::add")
+def _add_fake(input, other, activation):
+    _check_devices(input, "input", other=other)
+    return _empty_like_format(input, input.shape)
+
+
+@torch.library.register_fake("fastcnn::activation_backward")
+def _activation_backward_fake(grad_output, output, activation):
+    _check_devices(output, "output", grad_output=grad_output)
+    return _empty_like_format(output, output.shape)
 
 
 def _save_output(ctx, inputs, output):

@@ -47,9 +47,16 @@ inline void check_nonnegative_pair(at::IntArrayRef v, const char* name) {
   TORCH_CHECK(v[0] >= 0 && v[1] >= 0, "fastcnn: ", name, " must be non-negative, got ", v);
 }
 
+// Division rounding toward minus infinity: C++ truncates toward zero, which would turn a window larger
+// than the padded input (a negative span) into a bogus output extent of 1 instead of an error.
+inline int64_t floor_div(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
 // floor((in + 2p - d(k-1) - 1) / s) + 1, the convolution output extent.
 inline int64_t conv_output_extent(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
-  return (in + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1;
+  return floor_div(in + 2 * pad - dilation * (kernel - 1) - 1, stride) + 1;
 }
 
 // Pooling output extent with PyTorch's ceil_mode rule: the last window must start inside the input or
@@ -57,7 +64,7 @@ inline int64_t conv_output_extent(int64_t in, int64_t kernel, int64_t stride, in
 inline int64_t pool_output_extent(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation,
                                   bool ceil_mode) {
   const int64_t span = in + 2 * pad - dilation * (kernel - 1) - 1;
-  int64_t out = (span + (ceil_mode ? stride - 1 : 0)) / stride + 1;
+  int64_t out = floor_div(span + (ceil_mode ? stride - 1 : 0), stride) + 1;
   if (ceil_mode && (out - 1) * stride >= in + pad) --out;
   return out;
 }

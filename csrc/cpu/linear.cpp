@@ -1,0 +1,202 @@
+// CPU linear and its backward. Algorithm: input [*, in] is flattened to x [M, in]; the output is produced
+// as blocks C = x_block @ W_block^T (ATen BLAS, one single-threaded GEMM per block inside
+// at::parallel_for) and each block gets the fused epilogue act(C + bias) while it is cache-hot. Blocks
+// are row chunks when M is large and output-feature chunks when M is small, so both cores work even
+// for a single sample. Backward forms grad_pre = grad_output * act'(output) per row chunk as it reads
+// grad_output, computes grad_input = grad_pre @ W for that chunk and the bias gradient as per-slot
+// partial sums reduced in a fixed order; grad_weight = grad_pre^T @ x is one BLAS call.
+// Layout: row-major [M, in] input, [out, in] weight. Measured: not yet benchmarked (GEMM-bound; MKL sgemm).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "common/activation.h"
+#include "common/checks.h"
+#include "cpu/gemm_epilogue.h"
+
+namespace fastcnn {
+namespace {
+
+constexpr int64_t kMinRowChunk = 32;
+constexpr int64_t kMinColChunk = 64;
+
+struct LinearShape {
+  int64_t rows, in_features, out_features;
+};
+
+LinearShape check_linear(const at::Tensor& input, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias) {
+  check_floating(input, "input", /*allow_reduced=*/false);
+  check_same_dtype_device(weight, input, "weight", "input");
+  TORCH_CHECK(input.dim() >= 1, "fastcnn: linear input must have at least 1 dimension [*, in_features], got a ",
+              input.dim(), "-D tensor");
+  check_dim(weight, 2, "weight", "out_features, in_features");
+  TORCH_CHECK(input.size(-1) == weight.size(1), "fastcnn: linear input's last dimension (", input.size(-1),
+              ") must equal weight's in_features (weight shape ", weight.sizes(), ")");
+  TORCH_CHECK(input.numel() > 0, "fastcnn: linear input is empty (shape ", input.sizes(), ")");
+  TORCH_CHECK(weight.size(0) > 0, "fastcnn: linear weight has no output features (shape ", weight.sizes(), ")");
+  if (bias.has_value() && bias->defined()) {
+    check_same_dtype_device(*bias, input, "bias", "input");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "fastcnn: bias must have shape [",
+                weight.size(0), "], got ", bias->sizes());
+  }
+  LinearShape s{};
+  s.in_features = weight.size(1);
+  s.out_features = weight.size(0);
+  s.rows = input.numel() / s.in_features;
+  return s;
+}
+
+std::vector<int64_t> output_sizes(const at::Tensor& input, int64_t out_features) {
+  std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end());
+  sizes.back() = out_features;
+  return sizes;
+}
+
+at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      int64_t activation) {
+  const Activation act = to_activation(activation);
+  const LinearShape s = check_linear(input, weight, bias);
+  const at::Tensor x = input.reshape({s.rows, s.in_features}).contiguous();
+  const at::Tensor w = weight.contiguous();
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  at::Tensor out = at::empty({s.rows, s.out_features}, x.options());
+
+  const int64_t threads = at::get_num_threads();
+  // Enough rows: split rows (each block sees all of W). Few rows: split output features instead.
+  const bool split_rows = s.rows >= kMinRowChunk * threads;
+  const int64_t extent = split_rows ? s.rows : s.out_features;
+  const int64_t min_chunk = split_rows ? kMinRowChunk : kMinColChunk;
+  const int64_t num_tasks = std::max<int64_t>(1, std::min<int64_t>(extent / min_chunk, 64 * threads));
+  const int64_t slots = cpu::num_slots(num_tasks);
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastcnn_linear_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const int64_t K = s.in_features, N = s.out_features;
+    cpu::for_each_slot(num_tasks, slots, [&](int64_t, int64_t t_begin, int64_t t_end) {
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        const int64_t lo = extent * t / num_tasks, hi = extent * (t + 1) / num_tasks;
+        if (split_rows) {
+          scalar_t* block = op + lo * N;
+          cpu::gemm<scalar_t>(false, true, hi - lo, N, K, xp + lo * K, K, wp, K, block, N, false);
+          cpu::apply_epilogue<scalar_t>(block, N, hi - lo, N, bp, nullptr, nullptr, 0, act);
+        } else {
+          scalar_t* block = op + lo;
+          cpu::gemm<scalar_t>(false, true, s.rows, hi - lo, K, xp, K, wp + lo * K, K, block, N, false);
+          cpu::apply_epilogue<scalar_t>(block, N, s.rows, hi - lo, bp ? bp + lo : nullptr, nullptr, nullptr, 0,
+                                        act);
+        }
+      }
+    });
+  });
+  return out.view(output_sizes(input, s.out_features));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Tensor& grad_output,
+                                                                   const at::Tensor& input,
+                                                                   const at::Tensor& weight,
+                                                                   const std::optional<at::Tensor>& output,
+                                                                   int64_t activation,
+                                                                   std::array<bool, 3> output_mask) {
+  const Activation act = to_activation(activation);
+  const LinearShape s = check_linear(input, weight, std::nullopt);
+  check_same_dtype_device(grad_output, input, "grad_output", "input");
+  const auto out_sizes = output_sizes(input, s.out_features);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_sizes), "fastcnn: grad_output must have shape ",
+              at::IntArrayRef(out_sizes), ", got ", grad_output.sizes());
+  const bool has_act = act != Activation::None;
+  at::Tensor y;
+  if (has_act) {
+    TORCH_CHECK(output.has_value() && output->defined(),
+                "fastcnn: linear_backward needs the forward output when activation != 0");
+    check_same_dtype_device(*output, input, "output", "input");
+    TORCH_CHECK(output->sizes() == at::IntArrayRef(out_sizes), "fastcnn: output must have shape ",
+                at::IntArrayRef(out_sizes), ", got ", output->sizes());
+    y = output->reshape({s.rows, s.out_features}).contiguous();
+  }
+  const bool need_input = output_mask[0], need_weight = output_mask[1], need_bias = output_mask[2];
+  const auto opts = input.options();
+  const int64_t M = s.rows, K = s.in_features, N = s.out_features;
+  const at::Tensor g = grad_output.reshape({M, N}).contiguous();
+  const at::Tensor w = weight.contiguous();
+
+  at::Tensor grad_input = need_input ? at::empty({M, K}, opts) : at::empty({0}, opts);
+  at::Tensor grad_weight = need_weight ? at::empty({N, K}, opts) : at::empty({0}, opts);
+  at::Tensor grad_bias = need_bias ? at::empty({N}, opts) : at::empty({0}, opts);
+  if (!need_input && !need_weight && !need_bias) return {grad_input, grad_weight, grad_bias};
+
+  // grad_pre is kept whole only when grad_weight needs it after the row pass; otherwise per chunk.
+  const bool keep_grad_pre = has_act && need_weight;
+  at::Tensor grad_pre = keep_grad_pre ? at::empty({M, N}, opts) : (has_act ? at::Tensor() : g);
+  const bool row_pass = need_input || need_bias || keep_grad_pre;
+  const int64_t num_tasks = std::max<int64_t>(1, std::min<int64_t>(M / kMinRowChunk, 64 * at::get_num_threads()));
+  const int64_t slots = cpu::num_slots(num_tasks);
+  at::Tensor bias_partials = need_bias ? at::zeros({slots, N}, opts) : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastcnn_linear_backward_cpu", [&] {
+    const scalar_t* gptr = g.const_data_ptr<scalar_t>();
+    const scalar_t* yptr = has_act ? y.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* wptr = w.const_data_ptr<scalar_t>();
+    scalar_t* kept = keep_grad_pre ? grad_pre.mutable_data_ptr<scalar_t>() : nullptr;
+    if (row_pass) {
+      cpu::for_each_slot(num_tasks, slots, [&](int64_t slot, int64_t t_begin, int64_t t_end) {
+        std::vector<scalar_t> chunk_buffer;
+        for (int64_t t = t_begin; t < t_end; ++t) {
+          const int64_t lo = M * t / num_tasks, hi = M * (t + 1) / num_tasks, rows = hi - lo;
+          const scalar_t* gp = gptr + lo * N;
+          if (has_act) {
+            scalar_t* dst;
+            if (kept != nullptr) {
+              dst = kept + lo * N;
+            } else {
+              chunk_buffer.resize(rows * N);
+              dst = chunk_buffer.data();
+            }
+            cpu::grad_pre_block<scalar_t>(gptr + lo * N, N, yptr + lo * N, N, dst, N, rows, N, act);
+            gp = dst;
+          }
+          if (need_bias) {
+            cpu::add_column_sums<scalar_t>(gp, N, rows, N, bias_partials.mutable_data_ptr<scalar_t>() + slot * N);
+          }
+          if (need_input) {
+            cpu::gemm<scalar_t>(false, false, rows, K, N, gp, N, wptr, K,
+                                grad_input.mutable_data_ptr<scalar_t>() + lo * K, K, false);
+          }
+        }
+      });
+    }
+    if (need_bias) {
+      cpu::reduce_partials<scalar_t>(bias_partials.const_data_ptr<scalar_t>(), slots, N, N,
+                                     grad_bias.mutable_data_ptr<scalar_t>());
+    }
+  });
+  if (need_weight) {
+    const at::Tensor x = input.reshape({M, K}).contiguous();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::mm_out(grad_weight, grad_pre.t(), x);
+  }
+  if (need_input) grad_input = grad_input.view(input.sizes());
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastcnn, CPU, m) {
+  m.impl("linear", &linear_cpu);
+  m.impl("linear_backward", &linear_backward_cpu);
+}
+
+}  // namespace fastcnn

@@ -1,0 +1,272 @@
+// CUDA average pooling, forward and backward, with PyTorch's semantics: ceil_mode (check_pool2d),
+// count_include_pad (the divisor counts padding taps but never taps past the right padding), and
+// divisor_override; a window entirely in padding yields 0. Forward: one thread per output element.
+// Backward: a gather, one thread per grad_input element summing grad_output / divisor over the windows
+// that cover it (no atomics, deterministic). NCHW walks each plane; channels_last puts threads over
+// channels and moves 16-byte vectors of channels when C allows. half/bfloat16 accumulate in fp32.
+// Layout: NCHW or channels_last; outputs follow the input. Measured: not yet measured.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <vector>
+
+#include "common/checks.h"
+#include "cuda/common/launch.cuh"
+#include "cuda/common/vec.cuh"
+
+namespace fastcnn {
+namespace {
+
+using cuda::Vec;
+
+struct AvgWindow {
+  int64_t h_begin, h_end, w_begin, w_end;  // clipped to the input
+  int64_t divisor;
+};
+
+// divisor_override == 0 means none (the host rejects an explicit 0).
+__device__ __forceinline__ AvgWindow avg_window(int64_t oh, int64_t ow, const Pool2dShape& s,
+                                                bool count_include_pad, int64_t divisor_override) {
+  int64_t h_begin = oh * s.stride_h - s.pad_h;
+  int64_t w_begin = ow * s.stride_w - s.pad_w;
+  int64_t h_end = min(h_begin + s.kernel_h, s.in_h + s.pad_h);
+  int64_t w_end = min(w_begin + s.kernel_w, s.in_w + s.pad_w);
+  const int64_t padded_size = (h_end - h_begin) * (w_end - w_begin);
+  h_begin = max(h_begin, int64_t{0});
+  w_begin = max(w_begin, int64_t{0});
+  h_end = min(h_end, s.in_h);
+  w_end = min(w_end, s.in_w);
+  int64_t divisor = divisor_override;
+  if (divisor == 0) divisor = count_include_pad ? padded_size : (h_end - h_begin) * (w_end - w_begin);
+  return {h_begin, h_end, w_begin, w_end, divisor};
+}
+
+// Output rows [first, last) whose windows (stride, kernel, padding) cover input row `i`.
+struct CoverRange {
+  int64_t first, last;
+};
+
+__device__ __forceinline__ CoverRange covering_outputs(int64_t i, int64_t kernel, int64_t stride, int64_t pad,
+                                                       int64_t out_extent) {
+  const int64_t padded = i + pad;
+  const int64_t first = padded < kernel ? 0 : (padded - kernel) / stride + 1;
+  const int64_t last = min(padded / stride + 1, out_extent);
+  return {first, last};
+}
+
+template <typename T>
+__global__ void avg_pool_forward_nchw_kernel(const T* __restrict__ input, T* __restrict__ output,
+                                             int64_t total, Pool2dShape s, bool count_include_pad,
+                                             int64_t divisor_override) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t o = cuda::global_thread_index(); o < total; o += cuda::grid_thread_count()) {
+    const int64_t ow = o % s.out_w;
+    const int64_t oh = (o / s.out_w) % s.out_h;
+    const int64_t plane = o / (s.out_w * s.out_h);
+    const AvgWindow win = avg_window(oh, ow, s, count_include_pad, divisor_override);
+    if (win.h_begin >= win.h_end || win.w_begin >= win.w_end) {
+      output[o] = static_cast<T>(0);
+      continue;
+    }
+    const T* plane_in = input + plane * s.in_h * s.in_w;
+    acc_t sum = 0;
+    for (int64_t h = win.h_begin; h < win.h_end; ++h) {
+      for (int64_t w = win.w_begin; w < win.w_end; ++w) sum += static_cast<acc_t>(plane_in[h * s.in_w + w]);
+    }
+    output[o] = static_cast<T>(sum / static_cast<acc_t>(win.divisor));
+  }
+}
+
+// item = ((n * out_h + oh) * out_w + ow) * (C / N) + channel vector; the output offset is item * N.
+template <typename T, int N>
+__global__ void avg_pool_forward_nhwc_kernel(const T* __restrict__ input, T* __restrict__ output,
+                                             int64_t total_items, Pool2dShape s, bool count_include_pad,
+                                             int64_t divisor_override) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t channel_vecs = s.channels / N;
+  for (int64_t item = cuda::global_thread_index(); item < total_items; item += cuda::grid_thread_count()) {
+    const int64_t cv = item % channel_vecs;
+    const int64_t pixel = item / channel_vecs;
+    const int64_t ow = pixel % s.out_w;
+    const int64_t oh = (pixel / s.out_w) % s.out_h;
+    const int64_t n = pixel / (s.out_w * s.out_h);
+    const AvgWindow win = avg_window(oh, ow, s, count_include_pad, divisor_override);
+    const T* image = input + n * s.in_h * s.in_w * s.channels + cv * N;
+    acc_t sum[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) sum[j] = 0;
+    for (int64_t h = win.h_begin; h < win.h_end; ++h) {
+      for (int64_t w = win.w_begin; w < win.w_end; ++w) {
+        const Vec<T, N> v = cuda::load_vec<N>(image + (h * s.in_w + w) * s.channels);
+#pragma unroll
+        for (int j = 0; j < N; ++j) sum[j] += static_cast<acc_t>(v.val[j]);
+      }
+    }
+    const bool empty = win.h_begin >= win.h_end || win.w_begin >= win.w_end;
+    Vec<T, N> out;
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      out.val[j] = static_cast<T>(empty ? acc_t(0) : sum[j] / static_cast<acc_t>(win.divisor));
+    cuda::store_vec<N>(output + item * N, out);
+  }
+}
+
+template <typename T>
+__global__ void avg_pool_backward_nchw_kernel(const T* __restrict__ grad_output, T* __restrict__ grad_input,
+                                              int64_t total, Pool2dShape s, bool count_include_pad,
+                                              int64_t divisor_override) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t i = cuda::global_thread_index(); i < total; i += cuda::grid_thread_count()) {
+    const int64_t w = i % s.in_w;
+    const int64_t h = (i / s.in_w) % s.in_h;
+    const int64_t plane = i / (s.in_w * s.in_h);
+    const CoverRange rows = covering_outputs(h, s.kernel_h, s.stride_h, s.pad_h, s.out_h);
+    const CoverRange cols = covering_outputs(w, s.kernel_w, s.stride_w, s.pad_w, s.out_w);
+    const T* plane_go = grad_output + plane * s.out_h * s.out_w;
+    acc_t grad = 0;
+    for (int64_t oh = rows.first; oh < rows.last; ++oh) {
+      for (int64_t ow = cols.first; ow < cols.last; ++ow) {
+        const AvgWindow win = avg_window(oh, ow, s, count_include_pad, divisor_override);
+        grad += static_cast<acc_t>(plane_go[oh * s.out_w + ow]) / static_cast<acc_t>(win.divisor);
+      }
+    }
+    grad_input[i] = static_cast<T>(grad);
+  }
+}
+
+// item = ((n * in_h + h) * in_w + w) * (C / N) + channel vector; the grad_input offset is item * N.
+template <typename T, int N>
+__global__ void avg_pool_backward_nhwc_kernel(const T* __restrict__ grad_output, T* __restrict__ grad_input,
+                                              int64_t total_items, Pool2dShape s, bool count_include_pad,
+                                              int64_t divisor_override) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t channel_vecs = s.channels / N;
+  for (int64_t item = cuda::global_thread_index(); item < total_items; item += cuda::grid_thread_count()) {
+    const int64_t cv = item % channel_vecs;
+    const int64_t pixel = item / channel_vecs;
+    const int64_t w = pixel % s.in_w;
+    const int64_t h = (pixel / s.in_w) % s.in_h;
+    const int64_t n = pixel / (s.in_w * s.in_h);
+    const CoverRange rows = covering_outputs(h, s.kernel_h, s.stride_h, s.pad_h, s.out_h);
+    const CoverRange cols = covering_outputs(w, s.kernel_w, s.stride_w, s.pad_w, s.out_w);
+    const T* image_go = grad_output + n * s.out_h * s.out_w * s.channels + cv * N;
+    acc_t grad[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) grad[j] = 0;
+    for (int64_t oh = rows.first; oh < rows.last; ++oh) {
+      for (int64_t ow = cols.first; ow < cols.last; ++ow) {
+        const AvgWindow win = avg_window(oh, ow, s, count_include_pad, divisor_override);
+        const acc_t divisor = static_cast<acc_t>(win.divisor);
+        const Vec<T, N> g = cuda::load_vec<N>(image_go + (oh * s.out_w + ow) * s.channels);
+#pragma unroll
+        for (int j = 0; j < N; ++j) grad[j] += static_cast<acc_t>(g.val[j]) / divisor;
+      }
+    }
+    Vec<T, N> out;
+#pragma unroll
+    for (int j = 0; j < N; ++j) out.val[j] = static_cast<T>(grad[j]);
+    cuda::store_vec<N>(grad_input + item * N, out);
+  }
+}
+
+constexpr int64_t kNoDilation[2] = {1, 1};
+
+int64_t checked_divisor(std::optional<int64_t> divisor_override) {
+  if (!divisor_override.has_value()) return 0;
+  TORCH_CHECK(*divisor_override != 0, "fastcnn: divisor_override must be non-zero");
+  return *divisor_override;
+}
+
+at::Tensor avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                           std::optional<int64_t> divisor_override) {
+  cuda::check_cuda_tensor(input, "input");
+  const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, at::IntArrayRef(kNoDilation, 2),
+                                     ceil_mode, /*allow_reduced=*/true);
+  const int64_t divisor = checked_divisor(divisor_override);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto fmt = output_memory_format(input);
+  const at::Tensor x = input.contiguous(fmt);
+  at::Tensor output = at::empty({s.batch, s.channels, s.out_h, s.out_w}, x.options().memory_format(fmt));
+  const int64_t total = output.numel();
+  const auto stream = cuda::current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcnn_avg_pool2d_cuda", [&] {
+    const scalar_t* in = x.const_data_ptr<scalar_t>();
+    scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    constexpr int kWidth = cuda::kVecWidth<scalar_t>;
+    if (fmt == at::MemoryFormat::ChannelsLast) {
+      if (s.channels % kWidth == 0 && cuda::is_aligned16(in) && cuda::is_aligned16(out)) {
+        const int64_t items = total / kWidth;
+        avg_pool_forward_nhwc_kernel<scalar_t, kWidth>
+            <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(in, out, items, s, count_include_pad,
+                                                                        divisor);
+      } else {
+        avg_pool_forward_nhwc_kernel<scalar_t, 1><<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(
+            in, out, total, s, count_include_pad, divisor);
+      }
+    } else {
+      avg_pool_forward_nchw_kernel<scalar_t><<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(
+          in, out, total, s, count_include_pad, divisor);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return output;
+}
+
+at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                    at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                    at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                    std::optional<int64_t> divisor_override) {
+  cuda::check_cuda_tensor(input, "input");
+  const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, at::IntArrayRef(kNoDilation, 2),
+                                     ceil_mode, /*allow_reduced=*/true);
+  const int64_t divisor = checked_divisor(divisor_override);
+  check_dim(grad_output, 4, "grad_output", "N, C, out_H, out_W");
+  check_same_dtype_device(grad_output, input, "grad_output", "input");
+  const std::vector<int64_t> out_sizes{s.batch, s.channels, s.out_h, s.out_w};
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_sizes), "fastcnn: grad_output must have shape ",
+              at::IntArrayRef(out_sizes), " (the avg_pool2d output for this input), got ",
+              grad_output.sizes());
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto fmt = output_memory_format(input);
+  const at::Tensor go = grad_output.contiguous(fmt);
+  at::Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(fmt));
+  const int64_t total = grad_input.numel();
+  const auto stream = cuda::current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_avg_pool2d_backward_cuda", [&] {
+        const scalar_t* g = go.const_data_ptr<scalar_t>();
+        scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+        constexpr int kWidth = cuda::kVecWidth<scalar_t>;
+        if (fmt == at::MemoryFormat::ChannelsLast) {
+          if (s.channels % kWidth == 0 && cuda::is_aligned16(g) && cuda::is_aligned16(gi)) {
+            const int64_t items = total / kWidth;
+            avg_pool_backward_nhwc_kernel<scalar_t, kWidth>
+                <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(g, gi, items, s,
+                                                                            count_include_pad, divisor);
+          } else {
+            avg_pool_backward_nhwc_kernel<scalar_t, 1>
+                <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(g, gi, total, s,
+                                                                            count_include_pad, divisor);
+          }
+        } else {
+          avg_pool_backward_nchw_kernel<scalar_t><<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(
+              g, gi, total, s, count_include_pad, divisor);
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastcnn, CUDA, m) {
+  m.impl("avg_pool2d", &avg_pool2d_cuda);
+  m.impl("avg_pool2d_backward", &avg_pool2d_backward_cuda);
+}
+
+}  // namespace fastcnn

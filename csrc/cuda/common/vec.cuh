@@ -1,0 +1,90 @@
+// 16-byte vector access for the memory-bound fastcnn CUDA kernels: 4 floats, 8 halves/bfloat16s or
+// 2 doubles per load/store, so that a warp moves 512 contiguous bytes per instruction (LDG.E.128 /
+// STG.E.128). Callers check alignment on the host (is_aligned16) and launch the width-1 instantiation
+// when any pointer is misaligned, e.g. a view with a storage offset; flat maps finish with a scalar tail.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+
+#include "cuda/common/launch.cuh"
+
+namespace fastcnn {
+namespace cuda {
+
+// Elements of T per 16-byte vector.
+template <typename T>
+constexpr int kVecWidth = 16 / static_cast<int>(sizeof(T));
+
+// N consecutive elements, aligned to their total size so that a copy is one N*sizeof(T)-byte access.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T val[N];
+};
+
+inline bool is_aligned16(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
+
+// p must be aligned to N * sizeof(T) bytes.
+template <int N, typename T>
+__device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
+  return *reinterpret_cast<const Vec<T, N>*>(p);
+}
+
+template <int N, typename T>
+__device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
+  *reinterpret_cast<Vec<T, N>*>(p) = v;
+}
+
+// out[i] = op(a[i]) (or op(a[i], b[i]) when Binary) for i < n, over a flat grid-stride loop. With N > 1
+// every pointer must be 16-byte aligned: the body moves N elements per access and the last n % N
+// elements go through the scalar tail.
+template <typename T, int N, bool Binary, typename Op>
+__global__ void map_kernel(T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ b, int64_t n,
+                           Op op) {
+  const int64_t first = global_thread_index();
+  const int64_t stride = grid_thread_count();
+  const int64_t vectors = n / N;
+  for (int64_t v = first; v < vectors; v += stride) {
+    const int64_t base = v * N;
+    const Vec<T, N> va = load_vec<N>(a + base);
+    Vec<T, N> vo;
+    if constexpr (Binary) {
+      const Vec<T, N> vb = load_vec<N>(b + base);
+#pragma unroll
+      for (int j = 0; j < N; ++j) vo.val[j] = op(va.val[j], vb.val[j]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < N; ++j) vo.val[j] = op(va.val[j]);
+    }
+    store_vec<N>(out + base, vo);
+  }
+  for (int64_t i = vectors * N + first; i < n; i += stride) {
+    if constexpr (Binary) {
+      out[i] = op(a[i], b[i]);
+    } else {
+      out[i] = op(a[i]);
+    }
+  }
+}
+
+// Launches map_kernel on the current stream, 16-byte wide when every pointer allows it. `b` is ignored
+// (may be null) unless Binary.
+template <bool Binary, typename T, typename Op>
+void launch_map(T* out, const T* a, const T* b, int64_t n, Op op) {
+  if (n <= 0) return;
+  constexpr int kWidth = kVecWidth<T>;
+  const bool vectorized = is_aligned16(out) && is_aligned16(a) && (!Binary || is_aligned16(b));
+  if (vectorized) {
+    map_kernel<T, kWidth, Binary>
+        <<<grid_for((n + kWidth - 1) / kWidth), kBlockThreads, 0, current_stream()>>>(out, a, b, n, op);
+  } else {
+    map_kernel<T, 1, Binary><<<grid_for(n), kBlockThreads, 0, current_stream()>>>(out, a, b, n, op);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace cuda
+}  // namespace fastcnn

@@ -1,0 +1,309 @@
+// CUDA max pooling with indices, forward and backward, with PyTorch's semantics: dilation, ceil_mode
+// (check_pool2d), NaN propagation (a NaN wins and the last NaN in the window gives the index), -inf
+// windows reporting their first valid tap, indices flat h*W+w within each (n, c) plane.
+// Forward: one thread per output element (NCHW: taps strided by W; channels_last: threads over channels,
+// 16-byte vectors of channels when C allows, so a warp reads whole pixel rows). Backward: the schema
+// carries no window geometry, so gradients are scattered through the saved indices, in one of two ways:
+// atomicAdd into an fp32/fp64 accumulator (fast, order of additions unspecified), or, when
+// at::globalContext().deterministicAlgorithms() is on, one warp per (n, c) plane that walks the plane's
+// outputs 32 at a time in order, sums lanes hitting the same input in lane order (__match_any_sync) and
+// has one lane add the sum, so every input sums its contributions in ascending output order, atomics-free.
+// half/bfloat16 compare and accumulate in fp32. Layout: NCHW or channels_last; outputs follow the input.
+// Measured: not yet measured.
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/NumericUtils.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "common/checks.h"
+#include "cuda/common/launch.cuh"
+#include "cuda/common/vec.cuh"
+
+namespace fastcnn {
+namespace {
+
+using cuda::Vec;
+
+// First valid tap of a window starting at `start` (possibly in the padding) with taps every `dilation`.
+__device__ __forceinline__ int64_t first_valid_tap(int64_t start, int64_t dilation) {
+  return start < 0 ? start + ((-start + dilation - 1) / dilation) * dilation : start;
+}
+
+template <typename T>
+__global__ void max_pool_forward_nchw_kernel(const T* __restrict__ input, T* __restrict__ output,
+                                             int64_t* __restrict__ indices, int64_t total, Pool2dShape s) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t o = cuda::global_thread_index(); o < total; o += cuda::grid_thread_count()) {
+    const int64_t ow = o % s.out_w;
+    const int64_t oh = (o / s.out_w) % s.out_h;
+    const int64_t plane = o / (s.out_w * s.out_h);
+    const int64_t h_begin = oh * s.stride_h - s.pad_h;
+    const int64_t w_begin = ow * s.stride_w - s.pad_w;
+    const int64_t h_end = min(h_begin + (s.kernel_h - 1) * s.dilation_h + 1, s.in_h);
+    const int64_t w_end = min(w_begin + (s.kernel_w - 1) * s.dilation_w + 1, s.in_w);
+    const int64_t h_first = first_valid_tap(h_begin, s.dilation_h);
+    const int64_t w_first = first_valid_tap(w_begin, s.dilation_w);
+    const T* plane_in = input + plane * s.in_h * s.in_w;
+    acc_t best = -std::numeric_limits<acc_t>::infinity();
+    int64_t best_index = h_first * s.in_w + w_first;
+    for (int64_t h = h_first; h < h_end; h += s.dilation_h) {
+      for (int64_t w = w_first; w < w_end; w += s.dilation_w) {
+        const int64_t i = h * s.in_w + w;
+        const acc_t v = static_cast<acc_t>(plane_in[i]);
+        if (v > best || at::_isnan(v)) {
+          best = v;
+          best_index = i;
+        }
+      }
+    }
+    output[o] = static_cast<T>(best);
+    indices[o] = best_index;
+  }
+}
+
+// channels_last: item = ((n * out_h + oh) * out_w + ow) * (C / N) + channel vector, so output offset is
+// item * N and consecutive threads read consecutive channel vectors of the same pixel.
+template <typename T, int N>
+__global__ void max_pool_forward_nhwc_kernel(const T* __restrict__ input, T* __restrict__ output,
+                                             int64_t* __restrict__ indices, int64_t total_items,
+                                             Pool2dShape s) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t channel_vecs = s.channels / N;
+  for (int64_t item = cuda::global_thread_index(); item < total_items; item += cuda::grid_thread_count()) {
+    const int64_t cv = item % channel_vecs;
+    const int64_t pixel = item / channel_vecs;
+    const int64_t ow = pixel % s.out_w;
+    const int64_t oh = (pixel / s.out_w) % s.out_h;
+    const int64_t n = pixel / (s.out_w * s.out_h);
+    const int64_t h_begin = oh * s.stride_h - s.pad_h;
+    const int64_t w_begin = ow * s.stride_w - s.pad_w;
+    const int64_t h_end = min(h_begin + (s.kernel_h - 1) * s.dilation_h + 1, s.in_h);
+    const int64_t w_end = min(w_begin + (s.kernel_w - 1) * s.dilation_w + 1, s.in_w);
+    const int64_t h_first = first_valid_tap(h_begin, s.dilation_h);
+    const int64_t w_first = first_valid_tap(w_begin, s.dilation_w);
+    const T* image = input + n * s.in_h * s.in_w * s.channels + cv * N;
+    acc_t best[N];
+    int64_t best_index[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      best[j] = -std::numeric_limits<acc_t>::infinity();
+      best_index[j] = h_first * s.in_w + w_first;
+    }
+    for (int64_t h = h_first; h < h_end; h += s.dilation_h) {
+      for (int64_t w = w_first; w < w_end; w += s.dilation_w) {
+        const int64_t i = h * s.in_w + w;
+        const Vec<T, N> v = cuda::load_vec<N>(image + i * s.channels);
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+          const acc_t x = static_cast<acc_t>(v.val[j]);
+          if (x > best[j] || at::_isnan(x)) {
+            best[j] = x;
+            best_index[j] = i;
+          }
+        }
+      }
+    }
+    Vec<T, N> out;
+#pragma unroll
+    for (int j = 0; j < N; ++j) out.val[j] = static_cast<T>(best[j]);
+    cuda::store_vec<N>(output + item * N, out);
+#pragma unroll
+    for (int j = 0; j < N; ++j) indices[item * N + j] = best_index[j];
+  }
+}
+
+// Offset of element `pos` (flat h*W+w, plane size `plane_size`) of plane (n, c) in a dense tensor.
+template <bool ChannelsLast>
+__device__ __forceinline__ int64_t plane_offset(int64_t n, int64_t c, int64_t pos, int64_t channels,
+                                                int64_t plane_size) {
+  return ChannelsLast ? (n * plane_size + pos) * channels + c : (n * channels + c) * plane_size + pos;
+}
+
+// One thread per grad_output element, in memory order; out-of-range indices are skipped.
+template <typename T, typename acc_t, bool ChannelsLast>
+__global__ void max_pool_backward_atomic_kernel(const T* __restrict__ grad_output,
+                                                const int64_t* __restrict__ indices,
+                                                acc_t* __restrict__ grad_input, int64_t total,
+                                                int64_t channels, int64_t out_plane, int64_t in_plane) {
+  for (int64_t o = cuda::global_thread_index(); o < total; o += cuda::grid_thread_count()) {
+    const int64_t target = indices[o];
+    if (target < 0 || target >= in_plane) continue;
+    int64_t n, c;
+    if (ChannelsLast) {
+      c = o % channels;
+      n = o / (out_plane * channels);
+    } else {
+      const int64_t plane = o / out_plane;
+      c = plane % channels;
+      n = plane / channels;
+    }
+    atomicAdd(grad_input + plane_offset<ChannelsLast>(n, c, target, channels, in_plane),
+              static_cast<acc_t>(grad_output[o]));
+  }
+}
+
+// Deterministic scatter: one warp owns a whole (n, c) plane, so nothing else writes it, and it adds the
+// plane's gradients in ascending output order. All loop bounds are warp-uniform (they depend on the warp
+// index only), as the *_sync intrinsics need every lane.
+template <typename T, typename acc_t, bool ChannelsLast>
+__global__ void max_pool_backward_ordered_kernel(const T* __restrict__ grad_output,
+                                                 const int64_t* __restrict__ indices,
+                                                 acc_t* __restrict__ grad_input, int64_t planes,
+                                                 int64_t channels, int64_t out_plane, int64_t in_plane) {
+  constexpr unsigned kFullMask = 0xffffffffu;
+  const int lane = static_cast<int>(threadIdx.x % cuda::kWarpSize);
+  for (int64_t plane = cuda::global_warp_index(); plane < planes; plane += cuda::grid_warp_count()) {
+    const int64_t n = plane / channels;
+    const int64_t c = plane % channels;
+    for (int64_t chunk = 0; chunk < out_plane; chunk += cuda::kWarpSize) {
+      const int64_t pos = chunk + lane;
+      long long target = -1;
+      acc_t g = 0;
+      if (pos < out_plane) {
+        const int64_t src = plane_offset<ChannelsLast>(n, c, pos, channels, out_plane);
+        const int64_t t = indices[src];
+        if (t >= 0 && t < in_plane) {
+          target = t;
+          g = static_cast<acc_t>(grad_output[src]);
+        }
+      }
+      const unsigned same_target = __match_any_sync(kFullMask, target);
+      acc_t sum = 0;
+#pragma unroll
+      for (int j = 0; j < cuda::kWarpSize; ++j) {
+        const acc_t v = __shfl_sync(kFullMask, g, j);
+        if ((same_target >> j) & 1u) sum += v;
+      }
+      const bool leader = (__ffs(static_cast<int>(same_target)) - 1) == lane;
+      if (leader && target >= 0) {
+        grad_input[plane_offset<ChannelsLast>(n, c, target, channels, in_plane)] += sum;
+      }
+      // Orders this chunk's read-modify-writes before the next chunk's reads of the same plane.
+      __syncwarp();
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                                   at::IntArrayRef dilation, bool ceil_mode) {
+  cuda::check_cuda_tensor(input, "input");
+  const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,
+                                     /*allow_reduced=*/true);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto fmt = output_memory_format(input);
+  const at::Tensor x = input.contiguous(fmt);
+  const std::vector<int64_t> out_sizes{s.batch, s.channels, s.out_h, s.out_w};
+  at::Tensor output = at::empty(out_sizes, x.options().memory_format(fmt));
+  at::Tensor indices = at::empty(out_sizes, x.options().dtype(at::kLong).memory_format(fmt));
+  const int64_t total = output.numel();
+  const auto stream = cuda::current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcnn_max_pool2d_cuda", [&] {
+    const scalar_t* in = x.const_data_ptr<scalar_t>();
+    scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    int64_t* idx = indices.mutable_data_ptr<int64_t>();
+    constexpr int kWidth = cuda::kVecWidth<scalar_t>;
+    if (fmt == at::MemoryFormat::ChannelsLast) {
+      if (s.channels % kWidth == 0 && cuda::is_aligned16(in) && cuda::is_aligned16(out)) {
+        const int64_t items = total / kWidth;
+        max_pool_forward_nhwc_kernel<scalar_t, kWidth>
+            <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(in, out, idx, items, s);
+      } else {
+        max_pool_forward_nhwc_kernel<scalar_t, 1>
+            <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(in, out, idx, total, s);
+      }
+    } else {
+      max_pool_forward_nchw_kernel<scalar_t>
+          <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(in, out, idx, total, s);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {output, indices};
+}
+
+at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                    const at::Tensor& indices) {
+  cuda::check_cuda_tensor(input, "input");
+  check_dim(input, 4, "input", "N, C, H, W");
+  check_floating(input, "input", /*allow_reduced=*/true);
+  check_dim(grad_output, 4, "grad_output", "N, C, out_H, out_W");
+  check_same_dtype_device(grad_output, input, "grad_output", "input");
+  check_dim(indices, 4, "indices", "N, C, out_H, out_W");
+  TORCH_CHECK(indices.scalar_type() == at::kLong, "fastcnn: indices must be int64, got ",
+              indices.scalar_type());
+  TORCH_CHECK(indices.device() == input.device(), "fastcnn: indices is on ", indices.device(),
+              " but input is on ", input.device());
+  TORCH_CHECK(indices.sizes() == grad_output.sizes(), "fastcnn: indices must have grad_output's shape ",
+              grad_output.sizes(), ", got ", indices.sizes());
+  TORCH_CHECK(input.size(0) > 0, "fastcnn: input has an empty batch (shape ", input.sizes(), ")");
+  TORCH_CHECK(grad_output.size(0) == input.size(0) && grad_output.size(1) == input.size(1),
+              "fastcnn: grad_output's batch and channels must match input's ", input.sizes(), ", got ",
+              grad_output.sizes());
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto fmt = output_memory_format(input);
+  const at::Tensor go = grad_output.contiguous(fmt);
+  const at::Tensor idx = indices.contiguous(fmt);
+  const bool reduced = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
+  // half/bfloat16 gradients accumulate in an fp32 buffer, rounded once at the end.
+  at::Tensor grad_acc = at::zeros(
+      input.sizes(), input.options().dtype(reduced ? at::kFloat : input.scalar_type()).memory_format(fmt));
+  const int64_t channels = input.size(1);
+  const int64_t in_plane = input.size(2) * input.size(3);
+  const int64_t out_plane = go.size(2) * go.size(3);
+  const int64_t total = go.numel();
+  const int64_t planes = input.size(0) * channels;
+  const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  const auto stream = cuda::current_stream();
+  if (total > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "fastcnn_max_pool2d_backward_cuda", [&] {
+                                      using acc_t = at::opmath_type<scalar_t>;
+                                      const scalar_t* g = go.const_data_ptr<scalar_t>();
+                                      const int64_t* ix = idx.const_data_ptr<int64_t>();
+                                      acc_t* acc = grad_acc.mutable_data_ptr<acc_t>();
+                                      if (deterministic) {
+                                        const unsigned blocks = cuda::grid_for(planes * cuda::kWarpSize);
+                                        if (channels_last) {
+                                          max_pool_backward_ordered_kernel<scalar_t, acc_t, true>
+                                              <<<blocks, cuda::kBlockThreads, 0, stream>>>(
+                                                  g, ix, acc, planes, channels, out_plane, in_plane);
+                                        } else {
+                                          max_pool_backward_ordered_kernel<scalar_t, acc_t, false>
+                                              <<<blocks, cuda::kBlockThreads, 0, stream>>>(
+                                                  g, ix, acc, planes, channels, out_plane, in_plane);
+                                        }
+                                      } else {
+                                        const unsigned blocks = cuda::grid_for(total);
+                                        if (channels_last) {
+                                          max_pool_backward_atomic_kernel<scalar_t, acc_t, true>
+                                              <<<blocks, cuda::kBlockThreads, 0, stream>>>(
+                                                  g, ix, acc, total, channels, out_plane, in_plane);
+                                        } else {
+                                          max_pool_backward_atomic_kernel<scalar_t, acc_t, false>
+                                              <<<blocks, cuda::kBlockThreads, 0, stream>>>(
+                                                  g, ix, acc, total, channels, out_plane, in_plane);
+                                        }
+                                      }
+                                      C10_CUDA_KERNEL_LAUNCH_CHECK();
+                                    });
+  }
+  return reduced ? grad_acc.to(input.scalar_type()) : grad_acc;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastcnn, CUDA, m) {
+  m.impl("max_pool2d", &max_pool2d_cuda);
+  m.impl("max_pool2d_backward", &max_pool2d_backward_cuda);
+}
+
+}  // namespace fastcnn

@@ -1,0 +1,262 @@
+"""relu / sigmoid / tanh, the fused residual add and activation_backward, against PyTorch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import (
+    ACTIVATIONS,
+    DEVICES,
+    TOL,
+    TORCH_ACT,
+    assert_close,
+    assert_grads_close,
+    assert_memory_format,
+    make_tensor,
+    reference_copy,
+)
+
+from fastcnn import ops
+
+CODE = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+UNARY = {"relu": (ops.relu, F.relu), "sigmoid": (ops.sigmoid, torch.sigmoid), "tanh": (ops.tanh, torch.tanh)}
+
+# (shape, channels_last, strided)
+LAYOUTS = [
+    ((2, 3, 5, 7), False, False),
+    ((1, 4, 6, 5), True, False),
+    ((2, 3, 5, 7), False, True),
+    ((2, 5, 4, 3), True, True),
+    ((3, 7, 9), False, False),  # unbatched image
+    ((11,), False, False),  # any shape works for elementwise ops
+    ((40000,), False, False),  # more than one parallel chunk
+    ((3, 1, 1, 1), True, False),
+]
+
+
+def _layout_id(layout):
+    shape, cl, strided = layout
+    return "x".join(map(str, shape)) + ("-cl" if cl else "") + ("-strided" if strided else "")
+
+
+def _make(layout, dtype, device, requires_grad=True):
+    shape, cl, strided = layout
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    return make_tensor(shape, dtype, device, fmt, strided, requires_grad=requires_grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=_layout_id)
+@pytest.mark.parametrize("name", list(UNARY))
+def test_unary_matches_torch(name, layout, dtype, device):
+    ours, theirs = UNARY[name]
+    x = _make(layout, dtype, device)
+    with torch.no_grad():
+        x.mul_(3)  # reach sigmoid/tanh saturation too, keeping x's layout
+    out = ours(x)
+    xr = reference_copy(x)
+    ref = theirs(xr)
+    assert out.dtype == dtype
+    assert_close(out, ref, dtype)
+    assert_memory_format(out, x)
+    grad = torch.randn_like(ref)
+    out.backward(grad.to(dtype))
+    ref.backward(grad)
+    assert_grads_close([("input", x, xr)], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("layout", LAYOUTS[:5], ids=_layout_id)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_add_matches_torch(activation, layout, dtype, device):
+    x = _make(layout, dtype, device)
+    y = _make(layout, dtype, device)
+    out = ops.add(x, y, activation=activation)
+    xr, yr = reference_copy(x), reference_copy(y)
+    ref = TORCH_ACT[activation](xr + yr)
+    assert_close(out, ref, dtype)
+    assert_memory_format(out, x)
+    grad = torch.randn_like(ref)
+    out.backward(grad.to(dtype))
+    ref.backward(grad)
+    assert_grads_close([("input", x, xr), ("other", y, yr)], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_add_mixed_memory_formats(device):
+    """other in a different layout than input: the elements must still pair up by index."""
+    x = make_tensor((2, 3, 4, 5), device=device, memory_format=torch.channels_last)
+    y = make_tensor((2, 3, 4, 5), device=device)
+    assert_close(ops.add(x, y, activation="tanh"), torch.tanh(x + y))
+    assert_close(ops.add(y, x), y + x)
+    z = make_tensor((2, 3, 4, 5), device=device, noncontiguous=True)
+    assert_close(ops.add(x, z, activation="relu"), F.relu(x + z))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_backward_op(activation, device):
+    if activation is None:
+        code = 0
+    else:
+        code = CODE[activation]
+    x = make_tensor((2, 3, 4, 5), device=device, memory_format=torch.channels_last)
+    xr = reference_copy(x).requires_grad_()
+    y = TORCH_ACT[activation](xr)
+    g = make_tensor(y.shape, device=device, noncontiguous=True)
+    y.backward(g)
+    got = torch.ops.fastcnn.activation_backward(g, y.detach(), code)
+    assert_close(got, xr.grad, name="grad_input")
+    assert_memory_format(got, x)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_and_inf(device):
+    x = torch.tensor(
+        [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e308, -1e308, 800.0, -800.0],
+        dtype=torch.float64,
+        device=device,
+    )
+    for name, (ours, theirs) in UNARY.items():
+        assert_close(ours(x), theirs(x), name=name)
+    for activation in ACTIVATIONS:
+        y = torch.tensor([1.0, float("nan"), 2.0, float("inf"), 0.5], dtype=torch.float64, device=device)
+        z = torch.tensor([float("nan"), 1.0, -float("inf"), 1.0, -0.5], dtype=torch.float64, device=device)
+        assert_close(
+            ops.add(y, z, activation=activation), TORCH_ACT[activation](y + z), name=f"add {activation}"
+        )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_relu_inplace_flag_leaves_input(device):
+    x = make_tensor((3, 4), device=device)
+    before = x.clone()
+    out = ops.relu(x, inplace=True)
+    assert torch.equal(x, before)
+    assert_close(out, F.relu(before))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(UNARY))
+def test_unary_gradcheck(name, device):
+    x = make_tensor((2, 3, 3), device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(UNARY[name][0], (x,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_add_gradcheck(activation, device):
+    x = make_tensor((2, 2, 3, 3), device=device, requires_grad=True)
+    y = make_tensor((2, 2, 3, 3), device=device, memory_format=torch.channels_last, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: ops.add(a, b, activation=activation), (x, y))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_elementwise_opcheck(device):
+    for layout in (LAYOUTS[0], LAYOUTS[1], LAYOUTS[4]):
+        for name in UNARY:
+            torch.library.opcheck(
+                getattr(torch.ops.fastcnn, name).default, (_make(layout, torch.float64, device),)
+            )
+        for code in range(4):
+            args = (_make(layout, torch.float64, device), _make(layout, torch.float64, device), code)
+            torch.library.opcheck(torch.ops.fastcnn.add.default, args)
+            y = torch.sigmoid(_make(layout, torch.float64, device, requires_grad=False))
+            g = _make(layout, torch.float64, device, requires_grad=False)
+            torch.library.opcheck(torch.ops.fastcnn.activation_backward.default, (g, y, code))
+
+
+def _t(*shape, dtype=torch.float32, device="cpu"):
+    return torch.randn(*shape, device=device).to(dtype)
+
+
+BAD = [
+    ("relu-int", lambda: ops.relu(_t(2, 3).int()), r"input"),
+    ("sigmoid-fp16-cpu", lambda: ops.sigmoid(_t(2, 3).half()), r"input.*float"),
+    ("tanh-int-direct", lambda: torch.ops.fastcnn.tanh(_t(2, 3).long()), r"input"),
+    ("relu-bf16-direct", lambda: torch.ops.fastcnn.relu(_t(2, 3).bfloat16()), r"input.*float"),
+    ("relu-not-tensor", lambda: ops.relu([1.0, 2.0]), r"input"),
+    ("add-int", lambda: ops.add(_t(2, 3).int(), _t(2, 3).int()), r"input"),
+    ("add-fp16-cpu", lambda: ops.add(_t(2, 3).half(), _t(2, 3).half()), r"input.*float"),
+    ("add-dtype-mismatch", lambda: ops.add(_t(2, 3), _t(2, 3).double()), r"other"),
+    ("add-shape", lambda: ops.add(_t(2, 3), _t(3, 2)), r"other"),
+    ("add-broadcast", lambda: ops.add(_t(2, 3), _t(1, 3)), r"other"),
+    ("add-shape-direct", lambda: torch.ops.fastcnn.add(_t(2, 3), _t(2, 4), 0), r"other"),
+    ("add-meta", lambda: ops.add(_t(2, 3), _t(2, 3, device="meta")), r"other|input"),
+    ("add-meta-direct", lambda: torch.ops.fastcnn.add(_t(2, 3, device="meta"), _t(2, 3), 0), r"other|input"),
+    ("add-activation-unknown", lambda: ops.add(_t(2, 3), _t(2, 3), activation="elu"), r"activation"),
+    ("add-activation-code-direct", lambda: torch.ops.fastcnn.add(_t(2, 3), _t(2, 3), 9), r"activation"),
+    (
+        "activation-backward-shape-direct",
+        lambda: torch.ops.fastcnn.activation_backward(_t(2, 3), _t(3, 2), 1),
+        r"grad_output",
+    ),
+    (
+        "activation-backward-dtype-direct",
+        lambda: torch.ops.fastcnn.activation_backward(_t(2, 3).double(), _t(2, 3), 1),
+        r"grad_output",
+    ),
+    (
+        "activation-backward-code-direct",
+        lambda: torch.ops.fastcnn.activation_backward(_t(2, 3), _t(2, 3), -2),
+        r"activation",
+    ),
+    (
+        "activation-backward-meta-direct",
+        lambda: torch.ops.fastcnn.activation_backward(_t(2, 3, device="meta"), _t(2, 3), 1),
+        r"grad_output|output",
+    ),
+]
+
+
+@pytest.mark.parametrize("call,match", [pytest.param(c, m, id=i) for i, c, m in BAD])
+def test_elementwise_bad_input(call, match):
+    with pytest.raises((ValueError, RuntimeError, TypeError), match=match):
+        call()
+
+
+def test_add_empty_batch_is_an_error_or_empty():
+    """Elementwise ops on an empty tensor must never crash: a clear error or PyTorch's empty result."""
+    x, y = _t(0, 3, 4, 4), _t(0, 3, 4, 4)
+    try:
+        out = ops.add(x, y, activation="relu")
+    except (ValueError, RuntimeError) as exc:
+        assert "batch" in str(exc) or "input" in str(exc), str(exc)
+    else:
+        assert out.shape == x.shape
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_elementwise_cuda_dtypes(dtype, activation):
+    x = make_tensor((2, 8, 13, 12), dtype, "cuda", torch.channels_last, requires_grad=True)
+    y = make_tensor((2, 8, 13, 12), dtype, "cuda", torch.channels_last, requires_grad=True)
+    out = ops.add(x, y, activation=activation)
+    xr, yr = reference_copy(x), reference_copy(y)
+    ref = TORCH_ACT[activation](xr + yr)
+    assert out.dtype == dtype
+    assert_memory_format(out, x)
+    assert_close(out, ref, dtype, rtol=TOL[dtype])
+    grad = torch.randn_like(ref)
+    out.backward(grad.to(dtype))
+    ref.backward(grad)
+    assert_close(x.grad, xr.grad, dtype)
+    assert_close(y.grad, yr.grad, dtype)
+    if activation is not None:
+        ours, theirs = UNARY[activation]
+        a = make_tensor((3, 1000), dtype, "cuda")
+        assert_close(ours(a), theirs(a.double()), dtype)
+
+
+@pytest.mark.cuda
+def test_add_cuda_autocast_promotes():
+    x = make_tensor((2, 3, 4, 4), torch.float16, "cuda")
+    y = make_tensor((2, 3, 4, 4), torch.float32, "cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = ops.add(x, y, activation="relu")
+    assert out.dtype == torch.float32
+    assert_close(out, F.relu(x.double() + y.double()), torch.float32)
