@@ -3,12 +3,12 @@ PYTHON_SYS ?= python3
 VENV       := .venv
 PY         := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DEV_DEPS   := pytest pytest-xdist hypothesis ruff ninja numpy rich tqdm scikit-learn matplotlib
+DEV_DEPS   := pytest pytest-xdist pytest-benchmark hypothesis ruff ninja numpy rich tqdm scikit-learn matplotlib
 # Build the CUDA kernels whenever the toolkit is there (setup.py decides; FASTCNN_CUDA=0/1 forces it).
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export MAX_JOBS  ?= $(shell nproc)
 
-.PHONY: demo test build lint format clean
+.PHONY: demo demo-check demo-bench test build lint format clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON_SYS) -m venv $(VENV)
@@ -20,10 +20,20 @@ $(VENV)/.deps: pyproject.toml
 build: $(VENV)/.deps
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
-# The main job: check every op against PyTorch (quick subset), then train and evaluate the digits CNN.
-demo: build
+# The main job: one step per target, run in order (add a step by adding a target to DEMO_STEPS).
+DEMO_OUT   ?= out
+DEMO_STEPS := demo-check demo-train demo-bench
+demo: $(DEMO_STEPS)
+
+demo-check: build
 	$(PY) -m fastcnn check --quick
-	$(PY) -m fastcnn demo --out out
+
+demo-bench: build demo-check
+	mkdir -p $(DEMO_OUT)
+	$(PY) -m fastcnn bench --preset quick --plot $(DEMO_OUT)/bench.png --json $(DEMO_OUT)/bench.json
+
+demo-train: build demo-check
+	$(PY) -m fastcnn demo --out $(DEMO_OUT)
 
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check .

@@ -4,14 +4,20 @@ Each case draws fresh random inputs, runs the fastcnn op in the dtype and memory
 and compares its output and its input/weight/bias gradients with PyTorch's op run in float64 on the
 same (upcast) values. The error reported is the largest ‖fastcnn − reference‖ / ‖reference‖ over the
 output and the gradients; a NaN or infinity where the reference is finite always fails.
+
+Setting ``FASTCNN_CHECK_INJECT_FAILURE`` to an op name (or to ``1`` for the first case) scales that op's
+first fastcnn output by 1.1 before the comparison, so that the failure path (FAIL row, exit code 1) can be
+exercised end to end.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -19,6 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops
+
+#: Environment variable naming the op whose first result is perturbed (see the module docstring).
+INJECT_FAILURE_ENV = "FASTCNN_CHECK_INJECT_FAILURE"
 
 #: Relative-error bound per dtype (fp32 is exact FMA arithmetic; TF32 is not used by the check).
 TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -72,14 +81,16 @@ def _conv_case(
     quick: bool = False,
 ) -> Case:
     kh, kw = (k, k) if isinstance(k, int) else k
-    ref_out = F.conv2d(
-        torch.empty(1, c, *hw, device="meta"),
-        torch.empty(oc, c // groups, kh, kw, device="meta"),
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-    ).shape[2:]
+    with warnings.catch_warnings():  # PyTorch warns about even "same" kernels even on "meta" tensors
+        warnings.simplefilter("ignore", UserWarning)
+        ref_out = F.conv2d(
+            torch.empty(1, c, *hw, device="meta"),
+            torch.empty(oc, c // groups, kh, kw, device="meta"),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+        ).shape[2:]
 
     def make(gen):
         tensors = [
@@ -239,8 +250,18 @@ def _relative_error(value: Tensor, reference: Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def run_case(case: Case, device: str, dtype: torch.dtype, layout: torch.memory_format, seed: int) -> Result:
-    """Runs one case on one device/dtype/layout; exceptions become failed results, never crashes."""
+def run_case(
+    case: Case,
+    device: str,
+    dtype: torch.dtype,
+    layout: torch.memory_format,
+    seed: int,
+    perturb: bool = False,
+) -> Result:
+    """Runs one case on one device/dtype/layout; exceptions become failed results, never crashes.
+
+    ``perturb`` scales fastcnn's output by 1.1 (an injected failure, for testing the failure path).
+    """
     layout_name = "channels_last" if layout == torch.channels_last else "nchw"
     tol = TOLERANCES[dtype]
     try:
@@ -261,6 +282,8 @@ def run_case(case: Case, device: str, dtype: torch.dtype, layout: torch.memory_f
             for t, x in zip(ref_inputs, test_inputs, strict=True)
         ]
         out = case.fastcnn_fn(*test_inputs)
+        if perturb:
+            out = out * 1.1
         ref = case.reference_fn(*ref_inputs)
         errors = [_relative_error(out, ref)]
         if case.spatial and out.dim() == 4 and layout == torch.channels_last:
@@ -310,10 +333,17 @@ def run_check(
     seed: int = 0,
     cases: Iterable[Case] | None = None,
     progress: Callable[[Result], None] | None = None,
+    inject_failure: str | None = None,
 ) -> list[Result]:
-    """Runs every case on every device, dtype and memory format; returns one Result per run."""
+    """Runs every case on every device, dtype and memory format; returns one Result per run.
+
+    ``inject_failure`` (default: the ``FASTCNN_CHECK_INJECT_FAILURE`` environment variable) names an op
+    whose first run is perturbed so that it fails; "1" perturbs the first run of all.
+    """
     results = []
     selected = [c for c in (cases if cases is not None else default_cases()) if c.quick or not quick]
+    if inject_failure is None:
+        inject_failure = os.environ.get(INJECT_FAILURE_ENV) or None
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -327,7 +357,10 @@ def run_check(
                     )
                     for layout in layouts:
                         seed += 1
-                        result = run_case(case, device, dtype, layout, seed)
+                        perturb = inject_failure is not None and inject_failure in ("1", case.op)
+                        if perturb:
+                            inject_failure = None  # one failure is enough
+                        result = run_case(case, device, dtype, layout, seed, perturb)
                         results.append(result)
                         if progress:
                             progress(result)
@@ -371,7 +404,9 @@ def main(args) -> int:
     total = sum((2 if c.spatial else 1) * len(dtypes_for(d)) for c in cases for d in devices)
     with Progress(transient=True) as bar:
         task = bar.add_task("checking", total=total)
-        results = run_check(devices, quick=args.quick, seed=args.seed, progress=lambda r: bar.advance(task))
+        results = run_check(
+            devices, quick=args.quick, seed=args.seed, cases=cases, progress=lambda r: bar.advance(task)
+        )
     print_table(results)
     print(f"checked {len(results)} cases in {time.perf_counter() - start:.1f} s")
     if args.json:

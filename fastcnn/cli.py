@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import add_arguments
 
     add_arguments(demo)
+    from . import bench as bench_module
+
+    bench = sub.add_parser("bench", help="time fastcnn against PyTorch eager and torch.compile")
+    bench_module.add_arguments(bench)
 
     train = sub.add_parser("train", help="fine-tune a model-zoo network on an image dataset")
     from .train import add_arguments as add_train_arguments
@@ -46,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import demo
 
         return demo.main(args)
+    if args.command == "bench":
+        from . import bench
+
+        return bench.main(args)
     if args.command == "train":
         from . import train
 

@@ -5,12 +5,14 @@
 #   tests     python3 -m pytest -m cuda -q tests/
 #   memcheck  compute-sanitizer --tool memcheck on a -k subset of the CUDA tests
 #   racecheck compute-sanitizer --tool racecheck on the same subset
-#   bench     benchmarks/bench_ops.py --quick (JSON to $OUT, copied to benchmarks/results/)
+#   bench     python3 -m fastcnn bench --preset quick (JSON and PNG to $OUT, JSON copied to benchmarks/results/)
 # and a summary table last. Every step runs under `timeout`, a failing step does not stop the later ones,
 # and the exit code is non-zero if any step failed. Logs go to $OUT (./out when OUT is unset).
 #
 # Environment: OUT, PYTHON (python3), MAX_JOBS (16), CHECK_BUDGET_S (total seconds, 570),
-# SANITIZE_K (pytest -k expression for the sanitizer runs), BENCH_ARGS (extra bench_ops.py arguments).
+# SANITIZE_K (pytest -k expression for the sanitizer runs), BENCH_ARGS (extra `fastcnn bench` arguments;
+# default `--compile-mode none`: max-autotune compiles of every case would not fit the bench step's budget,
+# so pass BENCH_ARGS="" or "--compile-mode max-autotune" to time torch.compile too).
 set -u
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,7 +23,7 @@ export PYTHON="${PYTHON:-python3}"
 export MAX_JOBS="${MAX_JOBS:-16}"
 export PYTHONUNBUFFERED=1
 export SANITIZE_K="${SANITIZE_K:-pool or relu or sigmoid or tanh or add or activation}"
-export BENCH_ARGS="${BENCH_ARGS:-}"
+export BENCH_ARGS="${BENCH_ARGS---compile-mode none}"
 if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then export CUDA_HOME=/usr/local/cuda; fi
 if [ -n "${CUDA_HOME:-}" ]; then export PATH="$PATH:$CUDA_HOME/bin"; fi
 
@@ -139,12 +141,12 @@ step_racecheck() { sanitize racecheck; }
 step_bench() {
   set -o pipefail
   # shellcheck disable=SC2086
-  "$PYTHON" benchmarks/bench_ops.py --quick --json "$OUT/bench_ops.json" $BENCH_ARGS
+  "$PYTHON" -m fastcnn bench --preset quick --json "$OUT/bench.json" --plot "$OUT/bench.png" $BENCH_ARGS
   local rc=$?
-  if [ -f "$OUT/bench_ops.json" ]; then
+  if [ -f "$OUT/bench.json" ]; then
     local name
-    name=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["result_name"])' "$OUT/bench_ops.json")
-    mkdir -p benchmarks/results && cp "$OUT/bench_ops.json" "benchmarks/results/$name" &&
+    name=$("$PYTHON" -c 'import json, os, sys; print(os.path.basename(json.load(open(sys.argv[1]))["default_json"]))' "$OUT/bench.json")
+    mkdir -p benchmarks/results && cp "$OUT/bench.json" "benchmarks/results/$name" &&
       echo "copied to benchmarks/results/$name"
   fi
   return $rc
@@ -174,19 +176,23 @@ run_step bench 150 "$OUT/bench.log" step_bench
       echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -n 1)"
     fi
   done
-  if [ -f "$OUT/bench_ops.json" ]; then
-    "$PYTHON" - "$OUT/bench_ops.json" <<'EOF'
+  if [ -f "$OUT/bench.json" ]; then
+    "$PYTHON" - "$OUT/bench.json" <<'EOF'
 import json, math, sys
 rec = json.load(open(sys.argv[1]))
+c = rec["ceilings"]
+print(f"bench ({rec['device']['name']}): ceilings copy {c['copy_gbs']:.0f} GB/s, matmul "
+      + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in c["matmul_tflops"].items()))
+print("geomean PyTorch time / fastcnn time, > 1 = fastcnn faster")
 groups = {}
-for r in rec["results"]:
-    groups.setdefault((r["op"], r["dtype"] + "-" + r["layout"]), []).append(r["ratio"])
-print(f"bench ({rec['environment']['device_name']}): geomean torch_ms/fastcnn_ms, >1 = fastcnn faster")
-for (op, cfg), ratios in sorted(groups.items()):
+for r in rec["cases"]:
+    for who, ratio in r["ratios"].items():
+        groups.setdefault((r["op"], r["dtype"] + "-" + r["layout"], who), []).append(ratio)
+for (op, cfg, who), ratios in sorted(groups.items()):
     gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-    print(f"  {op:<30} {cfg:<20} {len(ratios):3d} cases  x{gm:.3f}")
+    print(f"  {op:<30} {cfg:<20} vs {who:<8} {len(ratios):3d} cases  x{gm:.3f}")
 for s in rec["skipped"]:
-    print("  skipped:", s["reason"])
+    print("  skipped:", s["op"], "-", s["reason"])
 print(f"  failed cases: {len(rec['failed'])}")
 EOF
   fi

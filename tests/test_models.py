@@ -83,3 +83,14 @@ def test_fused_zoo_resnet_equals_unfused():
     with torch.no_grad():
         assert _err(fused(x), model(x)) < 1e-10
     assert len(fused.fastcnn_fuse_report.fused_residual) == 16
+
+
+def test_xception_weights_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = models.xception(num_classes=5).eval()
+    path = tmp_path / "xception.pth"
+    torch.save(model.state_dict(), path)
+    loaded = models.xception(num_classes=5, weights=path).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 namespace fastcnn {
 
@@ -48,6 +49,23 @@ C10_HOST_DEVICE inline T activation_grad(T g, T y, Activation act) {
       return g * (T(1) - y * y);
     default:
       return g;
+  }
+}
+
+// Calls f(std::integral_constant<Activation, A>{}) for the runtime `act`, so that a loop written inside f
+// sees A as a compile-time constant: the switch in activate/activation_grad folds away and the loop
+// vectorises instead of branching per element.
+template <typename F>
+inline void with_activation(Activation act, F&& f) {
+  switch (act) {
+    case Activation::ReLU:
+      return f(std::integral_constant<Activation, Activation::ReLU>{});
+    case Activation::Sigmoid:
+      return f(std::integral_constant<Activation, Activation::Sigmoid>{});
+    case Activation::Tanh:
+      return f(std::integral_constant<Activation, Activation::Tanh>{});
+    default:
+      return f(std::integral_constant<Activation, Activation::None>{});
   }
 }
 

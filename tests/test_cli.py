@@ -1,0 +1,201 @@
+"""The ``fastcnn`` command line: argument parsing, ``fastcnn bench``'s JSON and plot, ``fastcnn check``'s
+exit codes. Every run here is a tiny subset (one op, one small shape, one timing round) to stay fast."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fastcnn import bench, check, cli
+
+#: The smallest bench run: activations and the residual add at one shape, batch 1, one timing round.
+TINY_BENCH = [
+    "bench",
+    "--device",
+    "cpu",
+    "--ops",
+    "relu,add",
+    "--networks",
+    "resnet50",
+    "--max-shapes",
+    "1",
+    "--batch",
+    "1",
+    "--repeats",
+    "1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _cheap_timing(monkeypatch):
+    """Short timing blocks and small ceiling probes: these tests check the plumbing, not the figures."""
+    quick = bench.PRESETS["quick"]
+    monkeypatch.setitem(
+        bench.PRESETS,
+        "quick",
+        bench.Preset(**{**quick.__dict__, "cpu_block_time": 0.001, "cpu_rounds": 1}),
+    )
+    real = bench.measure_ceilings
+
+    def small_ceilings(device, dtypes, settings):
+        record = real(device, [], settings)  # the copy probe only
+        record["matmul_tflops"] = {d: 0.1 for d in dtypes}
+        return record
+
+    monkeypatch.setattr(bench, "measure_ceilings", small_ceilings)
+
+
+def test_parser_bench_defaults():
+    args = cli.build_parser().parse_args(["bench"])
+    assert args.command == "bench"
+    assert args.preset == "quick"
+    assert args.device == "auto"
+    assert args.compile_mode == "auto"
+    assert args.json is None and args.plot is None
+
+
+def test_parser_bench_options():
+    args = cli.build_parser().parse_args(
+        ["bench", "--preset", "full", "--ops", "conv,relu", "--batch", "8", "32", "--dtype", "fp32", "--json"]
+    )
+    assert args.preset == "full"
+    assert args.batch == [8, 32]
+    assert args.json == "auto"  # --json without a path: benchmarks/results/<device>-<date>.json
+    assert bench.select_ops(args.ops) == ["conv2d", "conv2d_backward", "relu"]
+
+
+def test_parser_rejects_unknown_preset(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["bench", "--preset", "huge"])
+
+
+def test_bench_unknown_op_is_a_clear_error(capsys):
+    assert cli.main(["bench", "--device", "cpu", "--ops", "nonsense"]) == 2
+    assert "unknown op 'nonsense'" in capsys.readouterr().err
+
+
+def test_bench_half_precision_on_cpu_is_refused(capsys):
+    assert cli.main([*TINY_BENCH, "--dtype", "fp16"]) == 2
+    assert "fp32 and fp64 only" in capsys.readouterr().err
+
+
+def test_compile_mode_per_device():
+    assert bench.resolve_compile_mode("auto", torch.device("cpu")) == "default"
+    assert bench.resolve_compile_mode("auto", torch.device("cuda")) == "max-autotune"
+    assert bench.resolve_compile_mode("none", torch.device("cpu")) is None
+
+
+def test_quick_preset_selects_every_op_group():
+    args = cli.build_parser().parse_args(["bench", "--device", "cpu"])
+    specs = bench.build_specs(args, torch.device("cpu"), bench.PRESETS["quick"], "quick", [])
+    ops = {s.op for s in specs}
+    for group, names in bench.OP_GROUPS.items():
+        if group == "model":
+            assert "resnet18_inference" in ops and "resnet18_train_step" in ops
+        else:
+            assert set(names) <= ops, set(names) - ops
+    assert {s.network for s in specs if s.op == "conv2d"} == set(bench.NETWORKS)
+    assert {s.batch for s in specs} == {2}
+
+
+def test_bench_json_schema_and_plot(tmp_path):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    rc = cli.main([*TINY_BENCH, "--compile-mode", "none", "--json", str(out_json), "--plot", str(out_png)])
+    assert rc == 0
+    record = json.loads(out_json.read_text())
+    assert record["schema"] == bench.SCHEMA
+    for key in ("device", "host", "torch", "cuda", "cudnn", "date", "ceilings", "cases", "skipped", "failed"):
+        assert key in record, key
+    assert record["device"]["type"] == "cpu"
+    assert record["ceilings"]["copy_gbs"] > 0
+    assert {c["op"] for c in record["cases"]} == {"relu", "add"}
+    for case in record["cases"]:
+        for key in ("op", "shape", "dtype", "layout", "batch", "network", "times_ms", "ratios", "rel_error"):
+            assert key in case, key
+        assert case["dtype"] == "fp32" and case["layout"] == "nchw"
+        assert set(case["times_ms"]) == {"fastcnn", "eager"}
+        assert all(t > 0 for t in case["times_ms"].values())
+        assert case["ratios"]["eager"] == pytest.approx(
+            case["times_ms"]["eager"] / case["times_ms"]["fastcnn"]
+        )
+        assert case["gbs"]["fastcnn"] > 0 and case["tflops"] is None
+        assert 0 < case["of_ceiling"]["fastcnn"]
+        assert case["rel_error"] < 1e-5
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_times_torch_compile(tmp_path):
+    out_json = tmp_path / "bench.json"
+    args = ["bench", "--device", "cpu", "--ops", "relu", "--networks", "resnet50", "--max-shapes", "1"]
+    assert cli.main([*args, "--batch", "1", "--repeats", "1", "--json", str(out_json)]) == 0
+    (case,) = json.loads(out_json.read_text())["cases"]
+    assert set(case["times_ms"]) == {"fastcnn", "eager", "compile"}
+    assert case["compile_s"] > 0
+    assert set(case["ratios"]) == {"eager", "compile"}
+
+
+def test_bench_conv_reports_tflops(tmp_path):
+    out_json = tmp_path / "bench.json"
+    layers = bench.load_layers()
+    assert layers["resnet50"][0]["kernel_h"] == 7  # the packaged shapes: ResNet-50's stem first
+    args = [*TINY_BENCH[:4], "conv2d", *TINY_BENCH[5:], "--compile-mode", "none", "--json", str(out_json)]
+    assert cli.main(args) == 0
+    (case,) = json.loads(out_json.read_text())["cases"]
+    assert case["op"] == "conv2d" and case["tflops"]["fastcnn"] > 0 and case["gbs"] is None
+    assert case["flops"] == 2.0 * 1 * 64 * 112 * 112 * 3 * 7 * 7
+
+
+def test_plot_of_an_empty_run(tmp_path):
+    record = {"cases": [], "device": {"name": "cpu"}, "date": "2026-01-01T00:00:00"}
+    bench.write_plot(record, tmp_path / "empty.png")
+    assert (tmp_path / "empty.png").stat().st_size > 0
+
+
+@pytest.fixture
+def tiny_check(monkeypatch):
+    """fastcnn check over two small cases (relu and the residual add) only."""
+    cases = [c for c in check.default_cases() if c.op in ("relu", "add")]
+    assert len(cases) == 2
+    monkeypatch.setattr(check, "default_cases", lambda: cases)
+    monkeypatch.delenv(check.INJECT_FAILURE_ENV, raising=False)
+
+
+def test_check_passes(tiny_check, capsys):
+    assert cli.main(["check", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "FAIL" not in out
+    assert "8 passed, 0 failed" in out  # 2 cases x 2 dtypes x 2 layouts
+
+
+def test_check_injected_failure_exits_nonzero(tiny_check, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv(check.INJECT_FAILURE_ENV, "add")
+    out_json = tmp_path / "check.json"
+    assert cli.main(["check", "--device", "cpu", "--json", str(out_json)]) == 1
+    assert "7 passed, 1 failed" in capsys.readouterr().out
+    (failed,) = [r for r in json.loads(out_json.read_text()) if not r["passed"]]
+    assert failed["op"] == "add"
+    assert failed["max_rel_error"] == pytest.approx(0.1, rel=1e-3)
+
+
+def test_check_counts_an_exception_as_a_failure(monkeypatch):
+    def broken(x):
+        raise RuntimeError("kernel exploded")
+
+    case = check.Case(
+        "relu", "broken", lambda gen: [torch.randn(2, 3, 4, 4, generator=gen)], broken, torch.relu
+    )
+    (result,) = check.run_check(["cpu"], cases=[case], inject_failure="")[:1]
+    assert not result.passed and "kernel exploded" in result.error
+
+
+def test_models_skipped_with_a_reason_without_convert(monkeypatch):
+    monkeypatch.setattr(bench, "_load_convert", lambda: (None, None, "fastcnn.convert is not available"))
+    args = cli.build_parser().parse_args(["bench", "--device", "cpu", "--ops", "model"])
+    skipped: list[dict] = []
+    assert bench.build_specs(args, torch.device("cpu"), bench.PRESETS["quick"], "quick", skipped) == []
+    reasons = {s["op"]: s["reason"] for s in skipped}
+    assert (
+        reasons["resnet18_inference"] == reasons["resnet18_train_step"] == "fastcnn.convert is not available"
+    )
