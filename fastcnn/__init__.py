@@ -15,9 +15,9 @@ except ImportError as exc:  # pragma: no cover - only hit on a broken install
         f"(this is torch {torch.__version__})."
     ) from exc
 
-from . import augment, metrics, models, nn, ops  # noqa: E402
-from .convert import convert  # noqa: E402
-from .fuse import fuse  # noqa: E402
+from . import augment, metrics, models, nn, ops, transfer  # noqa: E402
+from .convert import ConvertReport, convert  # noqa: E402
+from .fuse import FuseReport, fuse  # noqa: E402
 
 
 def cuda_available() -> bool:
@@ -31,6 +31,8 @@ def built_with_cuda() -> bool:
 
 
 __all__ = [
+    "ConvertReport",
+    "FuseReport",
     "__version__",
     "augment",
     "built_with_cuda",
@@ -41,4 +43,5 @@ __all__ = [
     "models",
     "nn",
     "ops",
+    "transfer",
 ]

@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="time fastcnn against PyTorch eager and torch.compile")
     bench_module.add_arguments(bench)
+
+    train = sub.add_parser("train", help="fine-tune a model-zoo network on an image dataset")
+    from .train import add_arguments as add_train_arguments
+
+    add_train_arguments(train)
     return parser
 
 
@@ -49,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import bench
 
         return bench.main(args)
+    if args.command == "train":
+        from . import train
+
+        return train.main(args)
     return 2
 
 

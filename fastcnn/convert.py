@@ -148,8 +148,6 @@ def _model_problem(model: nn.Module) -> str | None:
 
 def _reason_to_skip(module: nn.Module, model_problem: str | None) -> str | None:
     """None when ``module`` (an exact match in _REPLACEMENTS) can be converted, else the reason."""
-    if torch.nn.utils.parametrize.is_parametrized(module):
-        return "parametrized weight (torch.nn.utils.parametrize): left on torch"
     if isinstance(module, nn.MaxPool2d) and module.return_indices:
         return "return_indices=True (the indices feed MaxUnpool2d): left on torch"
     problem = _tensor_problem(module)
@@ -164,6 +162,8 @@ def _skip_reason_for_other(module: nn.Module) -> str | None:
     """Reason a leaf layer with no fastcnn counterpart stays on torch (None: not worth reporting)."""
     if isinstance(module, _PASSIVE):
         return None
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        return "not initialised yet (lazy module): run a forward pass before converting"
     for kinds, reason in _SKIP_REASONS:
         if isinstance(module, kinds):
             return reason
@@ -211,8 +211,16 @@ def convert(model: nn.Module, *, inplace: bool = False, strict: bool = False) ->
         model = copy.deepcopy(model)
     report = ConvertReport()
     model_problem = _model_problem(model)
+    parametrized: list[str] = []  # a parametrization's own modules are internals, not layers
     for name, module in model.named_modules(remove_duplicate=True):
+        if any(name.startswith(p + ".") for p in parametrized):
+            continue
         cls = type(module)
+        if torch.nn.utils.parametrize.is_parametrized(module):
+            parametrized.append(name)
+            reason = "parametrized weight (torch.nn.utils.parametrize): left on torch"
+            report.skipped.append(SkippedLayer(name, cls.__name__, reason))
+            continue
         target = _REPLACEMENTS.get(cls)
         if target is not None:
             reason = _reason_to_skip(module, model_problem)
