@@ -211,49 +211,127 @@ void nchw_col_pass(const Geometry& g, std::conditional_t<kCol2im, T*, const T*> 
 // ---------------------------------------------------------------------------------------------------
 // GEMM path, forward.
 
+// NHWC: implicit GEMM over global output rows (n, oh, ow) x output channels. The input is zero-padded
+// once (when the conv pads) so that every im2col row is KH runs of KW * C contiguous input values (or
+// KH * KW runs of Cg with groups / dilation), which the micro-kernel reads in place. The weight is packed
+// once per call into [OCg / nr][K][nr] panels shared by both threads; tiles loop B panels outside so a
+// panel stays cache-resident over a chunk's rows, and the epilogue runs on the tile in registers.
 template <typename T>
-void conv_forward_gemm(const Geometry& g, const T* x, const T* w, const T* bias, const T* res, T* out,
+void conv_forward_nhwc(const Geometry& g, const T* x, const T* w, const T* bias, const T* res, T* out,
                        Activation act) {
-  const int64_t tasks = g.num_tasks();
+  const bool pad = g.ph > 0 || g.pw > 0;
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, C = g.C;
+  std::vector<T> padded;
+  const T* xs = x;
+  if (pad) {
+    padded.resize(g.N * Hp * Wp * C);
+    T* dst = padded.data();
+    at::parallel_for(0, g.N * Hp, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / Hp, h = row % Hp - g.ph;
+        T* d = dst + row * Wp * C;
+        if (h < 0 || h >= g.H) {
+          std::fill_n(d, Wp * C, T(0));
+          continue;
+        }
+        std::fill_n(d, g.pw * C, T(0));
+        std::memcpy(d + g.pw * C, x + (n * g.H + h) * g.W * C, g.W * C * sizeof(T));
+        std::fill_n(d + (g.pw + g.W) * C, g.pw * C, T(0));
+      }
+    });
+    xs = dst;
+  }
+
+  const int64_t nr = cpu::kernels<T>().nr, mr = cpu::kernels<T>().mr;
+  const int64_t group_panels = (g.OCg + nr - 1) / nr;
+  const int64_t group_packed = cpu::packed_b_size<T>(g.K, g.OCg);
+  std::vector<T> packed(g.groups * group_packed);
+  at::parallel_for(0, g.groups * group_panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t grp = i / group_panels, j0 = i % group_panels * nr;
+      cpu::pack_b<T>(g.K, j0, std::min(g.OCg, j0 + nr), w + grp * g.OCg * g.K, 1, g.K,
+                     packed.data() + grp * group_packed + j0 * g.K);
+    }
+  });
+
+  std::vector<int64_t> tap_off;
+  int64_t run;
+  if (g.groups == 1 && g.dw == 1) {
+    run = g.KW * C;
+    for (int64_t kh = 0; kh < g.KH; ++kh) tap_off.push_back(kh * g.dh * Wp * C);
+  } else {
+    run = g.Cg;
+    for (int64_t kh = 0; kh < g.KH; ++kh)
+      for (int64_t kw = 0; kw < g.KW; ++kw) tap_off.push_back((kh * g.dh * Wp + kw * g.dw) * C);
+  }
+
+  const int64_t M = g.N * g.P;
+  const int64_t threads = at::get_num_threads();
+  int64_t chunk = 8 * mr;
+  while (chunk > mr && (M + chunk - 1) / chunk < 2 * threads) chunk -= mr;
+  const int64_t tasks = (M + chunk - 1) / chunk;
+  const int64_t slots = cpu::num_slots(tasks);
+  cpu::for_each_slot(tasks, slots, [&](int64_t, int64_t t_begin, int64_t t_end) {
+    std::vector<const T*> rows(chunk);
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      const int64_t r0 = t * chunk, r1 = std::min(M, r0 + chunk);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / g.P, p = r % g.P, oh = p / g.OW, ow = p % g.OW;
+        rows[r - r0] = xs + ((n * Hp + oh * g.sh) * Wp + ow * g.sw) * C;
+      }
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const int64_t c_off = grp * g.Cg;
+        cpu::Epilogue<T> ep;
+        ep.col_bias = bias != nullptr ? bias + grp * g.OCg : nullptr;
+        ep.residual = res != nullptr ? res + r0 * g.OC + grp * g.OCg : nullptr;
+        ep.res_ld = g.OC;
+        ep.act = act;
+        cpu::gemm_tiles<T>(
+            r1 - r0, g.OCg, int64_t(tap_off.size()), tap_off.data(), run,
+            [&](int64_t i) { return rows[i] + c_off; }, packed.data() + grp * group_packed,
+            out + r0 * g.OC + grp * g.OCg, g.OC, ep, /*panels_outer=*/true);
+      }
+    }
+  });
+}
+
+// NCHW: per (sample, pixel chunk), the chunk's im2col block is packed into [pixels / nr][K][nr] panels
+// (1x1 stride-1 convs pack straight from the planes) and C[OCg, pixels] = W[OCg, K] @ panels, with the
+// weight rows read in place and the per-channel bias / residual / activation fused into the tiles.
+template <typename T>
+void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias, const T* res, T* out,
+                       Activation act) {
+  const int64_t nr = cpu::kernels<T>().nr;
+  const int64_t threads = at::get_num_threads();
+  int64_t chunk = std::max<int64_t>(nr, kColBudget / std::max<int64_t>(g.K, 1) / nr * nr);
+  while (chunk > nr && g.N * ((g.P + chunk - 1) / chunk) < 2 * threads) chunk -= nr;
+  const int64_t chunks = (g.P + chunk - 1) / chunk;
+  const int64_t tasks = g.N * chunks;
   const int64_t slots = cpu::num_slots(tasks);
   cpu::for_each_slot(tasks, slots, [&](int64_t, int64_t t_begin, int64_t t_end) {
     std::vector<T> col;
-    if (!g.direct) col.resize((g.P + g.chunks_per_sample - 1) / g.chunks_per_sample * g.K);
+    if (!g.direct) col.resize(chunk * g.K);
+    std::vector<T> panels(cpu::packed_b_size<T>(g.K, chunk));
     for (int64_t t = t_begin; t < t_end; ++t) {
-      const int64_t n = t / g.chunks_per_sample, c = t % g.chunks_per_sample;
-      const int64_t p0 = g.chunk_begin(c), p1 = g.chunk_begin(c + 1), rows = p1 - p0;
-      if (g.channels_last) {
-        const T* xn = x + n * g.HW * g.C;
-        T* block = out + (n * g.P + p0) * g.OC;
-        for (int64_t grp = 0; grp < g.groups; ++grp) {
-          const T* a = xn + p0 * g.C + grp * g.Cg;
-          int64_t lda = g.C;
-          if (!g.direct) {
-            im2col_nhwc(g, xn, grp * g.Cg, p0, p1, col.data());
-            a = col.data();
-            lda = g.K;
-          }
-          cpu::gemm<T>(false, true, rows, g.OCg, g.K, a, lda, w + grp * g.OCg * g.K, g.K, block + grp * g.OCg,
-                       g.OC, false);
+      const int64_t n = t / chunks, p0 = t % chunks * chunk, p1 = std::min(g.P, p0 + chunk), rows = p1 - p0;
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const T* planes = x + (n * g.C + grp * g.Cg) * g.HW;
+        if (g.direct) {
+          cpu::pack_b<T>(g.K, 0, rows, planes + p0, g.HW, 1, panels.data());
+        } else {
+          nchw_col_pass<T, false>(g, planes, p0, p1, col.data());
+          cpu::pack_b<T>(g.K, 0, rows, col.data(), rows, 1, panels.data());
         }
-        cpu::apply_epilogue<T>(block, g.OC, rows, g.OC, bias, nullptr,
-                               res ? res + (n * g.P + p0) * g.OC : nullptr, g.OC, act);
-      } else {
-        T* block = out + n * g.OC * g.P + p0;
-        for (int64_t grp = 0; grp < g.groups; ++grp) {
-          const T* planes = x + (n * g.C + grp * g.Cg) * g.HW;
-          const T* b = planes + p0;
-          int64_t ldb = g.HW;
-          if (!g.direct) {
-            nchw_col_pass<T, false>(g, planes, p0, p1, col.data());
-            b = col.data();
-            ldb = rows;
-          }
-          cpu::gemm<T>(false, false, g.OCg, rows, g.K, w + grp * g.OCg * g.K, g.K, b, ldb,
-                       block + grp * g.OCg * g.P, g.P, false);
-        }
-        cpu::apply_epilogue<T>(block, g.P, g.OC, rows, nullptr, bias, res ? res + n * g.OC * g.P + p0 : nullptr,
-                               g.P, act);
+        const int64_t block = (n * g.OC + grp * g.OCg) * g.P + p0;
+        const T* w_g = w + grp * g.OCg * g.K;
+        cpu::Epilogue<T> ep;
+        ep.row_bias = bias != nullptr ? bias + grp * g.OCg : nullptr;
+        ep.residual = res != nullptr ? res + block : nullptr;
+        ep.res_ld = g.P;
+        ep.act = act;
+        cpu::gemm_tiles<T>(
+            g.OCg, rows, 1, nullptr, g.K, [&](int64_t i) { return w_g + i * g.K; }, panels.data(), out + block,
+            g.P, ep, /*panels_outer=*/false);
       }
     }
   });
@@ -620,8 +698,10 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
       } else {
         depthwise_forward_nchw<scalar_t>(g, xp, wp, bp, rp, op, act);
       }
+    } else if (nhwc) {
+      conv_forward_nhwc<scalar_t>(g, xp, wp, bp, rp, op, act);
     } else {
-      conv_forward_gemm<scalar_t>(g, xp, wp, bp, rp, op, act);
+      conv_forward_nchw<scalar_t>(g, xp, wp, bp, rp, op, act);
     }
   });
   return out;
