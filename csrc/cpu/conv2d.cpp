@@ -45,7 +45,9 @@ namespace {
 
 // im2col buffer budget per chunk, in elements: 128K floats = 512 KiB, half of a core's L2.
 constexpr int64_t kColBudget = 128 * 1024;
-constexpr int64_t kMinChunkPixels = 32;
+// Backward chunks span at least this many pixels even when the col buffer outgrows L2: the chunk's pixels
+// are wgrad's reduction length, and every chunk reads and writes the whole [OC, K] weight partial.
+constexpr int64_t kMinChunkPixels = 256;
 
 struct Geometry {
   int64_t N, C, H, W, OC, KH, KW, OH, OW, groups;
@@ -346,13 +348,14 @@ struct BackwardArgs {
   const T* out;       // forward output, only when act != None
   const T* x;
   const T* w;  // [OC, K], K ordered (kh, kw, c) for NHWC and (c, kh, kw) for NCHW
+  const T* w_t;  // NCHW only: [groups, K, OCg], the transpose dgrad reads row by row
   T* grad_in;  // null when not requested; zero-filled by the caller unless the conv is direct
   T* weight_partials;  // [slots, OC * K], zero-filled; null when not requested
   T* bias_partials;    // [slots, OC], zero-filled; null when not requested
   Activation act;
 };
 
-// One task (n, pixels [p0, p1)). grad_target is where this slot's col2im lands (grad_in or a private
+// One task (n, pixels [p0, p1); NHWC may pass p0 = 0, p1 = k * P for k whole samples). grad_target is where this slot's col2im lands (grad_in or a private
 // buffer); direct convolutions write grad_in rows themselves, which no other task touches.
 template <typename T>
 void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, int64_t n, int64_t p0, int64_t p1,
@@ -369,6 +372,11 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
       gp = gp_buffer.data();
     }
     if (a.bias_partials) cpu::add_column_sums<T>(gp, g.OC, rows, g.OC, a.bias_partials + slot * g.OC);
+    // Pixels past P continue into the following samples (whole samples only): NHWC rows of consecutive
+    // samples are contiguous in grad_output and in a direct conv's input, and im2col / col2im go sample by
+    // sample.
+    const int64_t samples = p1 > g.P ? (p1 - p0) / g.P : 1;
+    const int64_t span = p1 > g.P ? g.P : rows;
     const T* xn = a.x + n * g.HW * g.C;
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const T* gp_g = gp + grp * g.OCg;
@@ -377,7 +385,8 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
         const T* src = xn + p0 * g.C + grp * g.Cg;
         int64_t ld = g.C;
         if (!g.direct) {
-          im2col_nhwc(g, xn, grp * g.Cg, p0, p1, col.data());
+          for (int64_t sn = 0; sn < samples; ++sn)
+            im2col_nhwc(g, xn + sn * g.HW * g.C, grp * g.Cg, p0, p0 + span, col.data() + sn * span * g.K);
           src = col.data();
           ld = g.K;
         }
@@ -389,7 +398,9 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
                        a.grad_in + (n * g.HW + p0) * g.C + grp * g.Cg, g.C, false);
         } else {
           cpu::gemm<T>(false, false, rows, g.K, g.OCg, gp_g, g.OC, w_g, g.K, col.data(), g.K, false);
-          col2im_nhwc(g, col.data(), grp * g.Cg, p0, p1, grad_target + n * g.HW * g.C);
+          for (int64_t sn = 0; sn < samples; ++sn)
+            col2im_nhwc(g, col.data() + sn * span * g.K, grp * g.Cg, p0, p0 + span,
+                        grad_target + (n + sn) * g.HW * g.C);
         }
       }
     }
@@ -406,7 +417,7 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
     if (a.bias_partials) cpu::add_row_sums<T>(gp, ldgp, g.OC, rows, a.bias_partials + slot * g.OC);
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const T* gp_g = gp + grp * g.OCg * ldgp;
-      const T* w_g = a.w + grp * g.OCg * g.K;
+      const T* wt_g = a.w_t + grp * g.OCg * g.K;
       const int64_t plane_offset = (n * g.C + grp * g.Cg) * g.HW;
       if (wpart) {
         const T* src = a.x + plane_offset + p0;
@@ -420,10 +431,10 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
       }
       if (a.grad_in) {
         if (g.direct) {
-          cpu::gemm<T>(true, false, g.Cg, rows, g.OCg, w_g, g.K, gp_g, ldgp, a.grad_in + plane_offset + p0, g.HW,
+          cpu::gemm<T>(false, false, g.Cg, rows, g.OCg, wt_g, g.OCg, gp_g, ldgp, a.grad_in + plane_offset + p0, g.HW,
                        false);
         } else {
-          cpu::gemm<T>(true, false, g.K, rows, g.OCg, w_g, g.K, gp_g, ldgp, col.data(), rows, false);
+          cpu::gemm<T>(false, false, g.K, rows, g.OCg, wt_g, g.OCg, gp_g, ldgp, col.data(), rows, false);
           nchw_col_pass<T, true>(g, grad_target + plane_offset, p0, p1, col.data());
         }
       }
@@ -434,7 +445,10 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
 template <typename T>
 void conv_backward_gemm(const Geometry& g, const BackwardArgs<T>& a, int64_t slots, bool sample_owned,
                         T* private_grads) {
-  const int64_t max_rows = (g.P + g.chunks_per_sample - 1) / g.chunks_per_sample;
+  // NHWC with small planes: a task takes several whole samples, so wgrad's reduction is long enough.
+  const int64_t samples_per_task =
+      sample_owned && g.channels_last && g.chunks_per_sample == 1 ? std::max<int64_t>(1, kMinChunkPixels / g.P) : 1;
+  const int64_t max_rows = samples_per_task * ((g.P + g.chunks_per_sample - 1) / g.chunks_per_sample);
   const int64_t units = sample_owned ? g.N : g.num_tasks();
   cpu::for_each_slot(units, slots, [&](int64_t slot, int64_t u_begin, int64_t u_end) {
     std::vector<T> col;
@@ -445,6 +459,13 @@ void conv_backward_gemm(const Geometry& g, const BackwardArgs<T>& a, int64_t slo
     if (!sample_owned && slot > 0 && private_grads != nullptr) target = private_grads + (slot - 1) * g.N * g.HW * g.C;
     const int64_t t_begin = sample_owned ? u_begin * g.chunks_per_sample : u_begin;
     const int64_t t_end = sample_owned ? u_end * g.chunks_per_sample : u_end;
+    if (samples_per_task > 1) {
+      for (int64_t n = u_begin; n < u_end; n += samples_per_task) {
+        const int64_t samples = std::min(samples_per_task, u_end - n);
+        backward_chunk(g, a, slot, n, 0, samples * g.P, target, col, gp_buffer);
+      }
+      return;
+    }
     for (int64_t t = t_begin; t < t_end; ++t) {
       const int64_t n = t / g.chunks_per_sample, c = t % g.chunks_per_sample;
       backward_chunk(g, a, slot, n, g.chunk_begin(c), g.chunk_begin(c + 1), target, col, gp_buffer);
@@ -756,6 +777,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     a.out = has_act ? y.const_data_ptr<scalar_t>() : nullptr;
     a.x = x.const_data_ptr<scalar_t>();
     a.w = w.const_data_ptr<scalar_t>();
+    at::Tensor w_t;
+    if (!nhwc && !g.depthwise() && need_input) {
+      w_t = w.reshape({groups, g.OCg, g.K}).transpose(1, 2).contiguous();
+      a.w_t = w_t.const_data_ptr<scalar_t>();
+    }
     a.act = act;
 
     if (g.depthwise()) {
