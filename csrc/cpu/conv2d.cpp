@@ -45,7 +45,9 @@ namespace {
 
 // im2col buffer budget per chunk, in elements: 128K floats = 512 KiB, half of a core's L2.
 constexpr int64_t kColBudget = 128 * 1024;
-constexpr int64_t kMinChunkPixels = 32;
+// Backward chunks span at least this many pixels even when the col buffer outgrows L2: the chunk's pixels
+// are wgrad's reduction length, and every chunk reads and writes the whole [OC, K] weight partial.
+constexpr int64_t kMinChunkPixels = 256;
 
 struct Geometry {
   int64_t N, C, H, W, OC, KH, KW, OH, OW, groups;
@@ -211,49 +213,127 @@ void nchw_col_pass(const Geometry& g, std::conditional_t<kCol2im, T*, const T*> 
 // ---------------------------------------------------------------------------------------------------
 // GEMM path, forward.
 
+// NHWC: implicit GEMM over global output rows (n, oh, ow) x output channels. The input is zero-padded
+// once (when the conv pads) so that every im2col row is KH runs of KW * C contiguous input values (or
+// KH * KW runs of Cg with groups / dilation), which the micro-kernel reads in place. The weight is packed
+// once per call into [OCg / nr][K][nr] panels shared by both threads; tiles loop B panels outside so a
+// panel stays cache-resident over a chunk's rows, and the epilogue runs on the tile in registers.
 template <typename T>
-void conv_forward_gemm(const Geometry& g, const T* x, const T* w, const T* bias, const T* res, T* out,
+void conv_forward_nhwc(const Geometry& g, const T* x, const T* w, const T* bias, const T* res, T* out,
                        Activation act) {
-  const int64_t tasks = g.num_tasks();
+  const bool pad = g.ph > 0 || g.pw > 0;
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, C = g.C;
+  std::vector<T> padded;
+  const T* xs = x;
+  if (pad) {
+    padded.resize(g.N * Hp * Wp * C);
+    T* dst = padded.data();
+    at::parallel_for(0, g.N * Hp, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / Hp, h = row % Hp - g.ph;
+        T* d = dst + row * Wp * C;
+        if (h < 0 || h >= g.H) {
+          std::fill_n(d, Wp * C, T(0));
+          continue;
+        }
+        std::fill_n(d, g.pw * C, T(0));
+        std::memcpy(d + g.pw * C, x + (n * g.H + h) * g.W * C, g.W * C * sizeof(T));
+        std::fill_n(d + (g.pw + g.W) * C, g.pw * C, T(0));
+      }
+    });
+    xs = dst;
+  }
+
+  const int64_t nr = cpu::kernels<T>().nr, mr = cpu::kernels<T>().mr;
+  const int64_t group_panels = (g.OCg + nr - 1) / nr;
+  const int64_t group_packed = cpu::packed_b_size<T>(g.K, g.OCg);
+  std::vector<T> packed(g.groups * group_packed);
+  at::parallel_for(0, g.groups * group_panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t grp = i / group_panels, j0 = i % group_panels * nr;
+      cpu::pack_b<T>(g.K, j0, std::min(g.OCg, j0 + nr), w + grp * g.OCg * g.K, 1, g.K,
+                     packed.data() + grp * group_packed + j0 * g.K);
+    }
+  });
+
+  std::vector<int64_t> tap_off;
+  int64_t run;
+  if (g.groups == 1 && g.dw == 1) {
+    run = g.KW * C;
+    for (int64_t kh = 0; kh < g.KH; ++kh) tap_off.push_back(kh * g.dh * Wp * C);
+  } else {
+    run = g.Cg;
+    for (int64_t kh = 0; kh < g.KH; ++kh)
+      for (int64_t kw = 0; kw < g.KW; ++kw) tap_off.push_back((kh * g.dh * Wp + kw * g.dw) * C);
+  }
+
+  const int64_t M = g.N * g.P;
+  const int64_t threads = at::get_num_threads();
+  int64_t chunk = 8 * mr;
+  while (chunk > mr && (M + chunk - 1) / chunk < 2 * threads) chunk -= mr;
+  const int64_t tasks = (M + chunk - 1) / chunk;
+  const int64_t slots = cpu::num_slots(tasks);
+  cpu::for_each_slot(tasks, slots, [&](int64_t, int64_t t_begin, int64_t t_end) {
+    std::vector<const T*> rows(chunk);
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      const int64_t r0 = t * chunk, r1 = std::min(M, r0 + chunk);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / g.P, p = r % g.P, oh = p / g.OW, ow = p % g.OW;
+        rows[r - r0] = xs + ((n * Hp + oh * g.sh) * Wp + ow * g.sw) * C;
+      }
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const int64_t c_off = grp * g.Cg;
+        cpu::Epilogue<T> ep;
+        ep.col_bias = bias != nullptr ? bias + grp * g.OCg : nullptr;
+        ep.residual = res != nullptr ? res + r0 * g.OC + grp * g.OCg : nullptr;
+        ep.res_ld = g.OC;
+        ep.act = act;
+        cpu::gemm_tiles<T>(
+            r1 - r0, g.OCg, int64_t(tap_off.size()), tap_off.data(), run,
+            [&](int64_t i) { return rows[i] + c_off; }, packed.data() + grp * group_packed,
+            out + r0 * g.OC + grp * g.OCg, g.OC, ep, /*panels_outer=*/true);
+      }
+    }
+  });
+}
+
+// NCHW: per (sample, pixel chunk), the chunk's im2col block is packed into [pixels / nr][K][nr] panels
+// (1x1 stride-1 convs pack straight from the planes) and C[OCg, pixels] = W[OCg, K] @ panels, with the
+// weight rows read in place and the per-channel bias / residual / activation fused into the tiles.
+template <typename T>
+void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias, const T* res, T* out,
+                       Activation act) {
+  const int64_t nr = cpu::kernels<T>().nr;
+  const int64_t threads = at::get_num_threads();
+  int64_t chunk = std::max<int64_t>(nr, kColBudget / std::max<int64_t>(g.K, 1) / nr * nr);
+  while (chunk > nr && g.N * ((g.P + chunk - 1) / chunk) < 2 * threads) chunk -= nr;
+  const int64_t chunks = (g.P + chunk - 1) / chunk;
+  const int64_t tasks = g.N * chunks;
   const int64_t slots = cpu::num_slots(tasks);
   cpu::for_each_slot(tasks, slots, [&](int64_t, int64_t t_begin, int64_t t_end) {
     std::vector<T> col;
-    if (!g.direct) col.resize((g.P + g.chunks_per_sample - 1) / g.chunks_per_sample * g.K);
+    if (!g.direct) col.resize(chunk * g.K);
+    std::vector<T> panels(cpu::packed_b_size<T>(g.K, chunk));
     for (int64_t t = t_begin; t < t_end; ++t) {
-      const int64_t n = t / g.chunks_per_sample, c = t % g.chunks_per_sample;
-      const int64_t p0 = g.chunk_begin(c), p1 = g.chunk_begin(c + 1), rows = p1 - p0;
-      if (g.channels_last) {
-        const T* xn = x + n * g.HW * g.C;
-        T* block = out + (n * g.P + p0) * g.OC;
-        for (int64_t grp = 0; grp < g.groups; ++grp) {
-          const T* a = xn + p0 * g.C + grp * g.Cg;
-          int64_t lda = g.C;
-          if (!g.direct) {
-            im2col_nhwc(g, xn, grp * g.Cg, p0, p1, col.data());
-            a = col.data();
-            lda = g.K;
-          }
-          cpu::gemm<T>(false, true, rows, g.OCg, g.K, a, lda, w + grp * g.OCg * g.K, g.K, block + grp * g.OCg,
-                       g.OC, false);
+      const int64_t n = t / chunks, p0 = t % chunks * chunk, p1 = std::min(g.P, p0 + chunk), rows = p1 - p0;
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const T* planes = x + (n * g.C + grp * g.Cg) * g.HW;
+        if (g.direct) {
+          cpu::pack_b<T>(g.K, 0, rows, planes + p0, g.HW, 1, panels.data());
+        } else {
+          nchw_col_pass<T, false>(g, planes, p0, p1, col.data());
+          cpu::pack_b<T>(g.K, 0, rows, col.data(), rows, 1, panels.data());
         }
-        cpu::apply_epilogue<T>(block, g.OC, rows, g.OC, bias, nullptr,
-                               res ? res + (n * g.P + p0) * g.OC : nullptr, g.OC, act);
-      } else {
-        T* block = out + n * g.OC * g.P + p0;
-        for (int64_t grp = 0; grp < g.groups; ++grp) {
-          const T* planes = x + (n * g.C + grp * g.Cg) * g.HW;
-          const T* b = planes + p0;
-          int64_t ldb = g.HW;
-          if (!g.direct) {
-            nchw_col_pass<T, false>(g, planes, p0, p1, col.data());
-            b = col.data();
-            ldb = rows;
-          }
-          cpu::gemm<T>(false, false, g.OCg, rows, g.K, w + grp * g.OCg * g.K, g.K, b, ldb,
-                       block + grp * g.OCg * g.P, g.P, false);
-        }
-        cpu::apply_epilogue<T>(block, g.P, g.OC, rows, nullptr, bias, res ? res + n * g.OC * g.P + p0 : nullptr,
-                               g.P, act);
+        const int64_t block = (n * g.OC + grp * g.OCg) * g.P + p0;
+        const T* w_g = w + grp * g.OCg * g.K;
+        cpu::Epilogue<T> ep;
+        ep.row_bias = bias != nullptr ? bias + grp * g.OCg : nullptr;
+        ep.residual = res != nullptr ? res + block : nullptr;
+        ep.res_ld = g.P;
+        ep.act = act;
+        cpu::gemm_tiles<T>(
+            g.OCg, rows, 1, nullptr, g.K, [&](int64_t i) { return w_g + i * g.K; }, panels.data(), out + block,
+            g.P, ep, /*panels_outer=*/false);
       }
     }
   });
@@ -268,13 +348,14 @@ struct BackwardArgs {
   const T* out;       // forward output, only when act != None
   const T* x;
   const T* w;  // [OC, K], K ordered (kh, kw, c) for NHWC and (c, kh, kw) for NCHW
+  const T* w_t;  // NCHW only: [groups, K, OCg], the transpose dgrad reads row by row
   T* grad_in;  // null when not requested; zero-filled by the caller unless the conv is direct
   T* weight_partials;  // [slots, OC * K], zero-filled; null when not requested
   T* bias_partials;    // [slots, OC], zero-filled; null when not requested
   Activation act;
 };
 
-// One task (n, pixels [p0, p1)). grad_target is where this slot's col2im lands (grad_in or a private
+// One task (n, pixels [p0, p1); NHWC may pass p0 = 0, p1 = k * P for k whole samples). grad_target is where this slot's col2im lands (grad_in or a private
 // buffer); direct convolutions write grad_in rows themselves, which no other task touches.
 template <typename T>
 void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, int64_t n, int64_t p0, int64_t p1,
@@ -291,6 +372,11 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
       gp = gp_buffer.data();
     }
     if (a.bias_partials) cpu::add_column_sums<T>(gp, g.OC, rows, g.OC, a.bias_partials + slot * g.OC);
+    // Pixels past P continue into the following samples (whole samples only): NHWC rows of consecutive
+    // samples are contiguous in grad_output and in a direct conv's input, and im2col / col2im go sample by
+    // sample.
+    const int64_t samples = p1 > g.P ? (p1 - p0) / g.P : 1;
+    const int64_t span = p1 > g.P ? g.P : rows;
     const T* xn = a.x + n * g.HW * g.C;
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const T* gp_g = gp + grp * g.OCg;
@@ -299,7 +385,8 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
         const T* src = xn + p0 * g.C + grp * g.Cg;
         int64_t ld = g.C;
         if (!g.direct) {
-          im2col_nhwc(g, xn, grp * g.Cg, p0, p1, col.data());
+          for (int64_t sn = 0; sn < samples; ++sn)
+            im2col_nhwc(g, xn + sn * g.HW * g.C, grp * g.Cg, p0, p0 + span, col.data() + sn * span * g.K);
           src = col.data();
           ld = g.K;
         }
@@ -311,7 +398,9 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
                        a.grad_in + (n * g.HW + p0) * g.C + grp * g.Cg, g.C, false);
         } else {
           cpu::gemm<T>(false, false, rows, g.K, g.OCg, gp_g, g.OC, w_g, g.K, col.data(), g.K, false);
-          col2im_nhwc(g, col.data(), grp * g.Cg, p0, p1, grad_target + n * g.HW * g.C);
+          for (int64_t sn = 0; sn < samples; ++sn)
+            col2im_nhwc(g, col.data() + sn * span * g.K, grp * g.Cg, p0, p0 + span,
+                        grad_target + (n + sn) * g.HW * g.C);
         }
       }
     }
@@ -328,7 +417,7 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
     if (a.bias_partials) cpu::add_row_sums<T>(gp, ldgp, g.OC, rows, a.bias_partials + slot * g.OC);
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const T* gp_g = gp + grp * g.OCg * ldgp;
-      const T* w_g = a.w + grp * g.OCg * g.K;
+      const T* wt_g = a.w_t + grp * g.OCg * g.K;
       const int64_t plane_offset = (n * g.C + grp * g.Cg) * g.HW;
       if (wpart) {
         const T* src = a.x + plane_offset + p0;
@@ -342,10 +431,10 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
       }
       if (a.grad_in) {
         if (g.direct) {
-          cpu::gemm<T>(true, false, g.Cg, rows, g.OCg, w_g, g.K, gp_g, ldgp, a.grad_in + plane_offset + p0, g.HW,
+          cpu::gemm<T>(false, false, g.Cg, rows, g.OCg, wt_g, g.OCg, gp_g, ldgp, a.grad_in + plane_offset + p0, g.HW,
                        false);
         } else {
-          cpu::gemm<T>(true, false, g.K, rows, g.OCg, w_g, g.K, gp_g, ldgp, col.data(), rows, false);
+          cpu::gemm<T>(false, false, g.K, rows, g.OCg, wt_g, g.OCg, gp_g, ldgp, col.data(), rows, false);
           nchw_col_pass<T, true>(g, grad_target + plane_offset, p0, p1, col.data());
         }
       }
@@ -356,7 +445,10 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
 template <typename T>
 void conv_backward_gemm(const Geometry& g, const BackwardArgs<T>& a, int64_t slots, bool sample_owned,
                         T* private_grads) {
-  const int64_t max_rows = (g.P + g.chunks_per_sample - 1) / g.chunks_per_sample;
+  // NHWC with small planes: a task takes several whole samples, so wgrad's reduction is long enough.
+  const int64_t samples_per_task =
+      sample_owned && g.channels_last && g.chunks_per_sample == 1 ? std::max<int64_t>(1, kMinChunkPixels / g.P) : 1;
+  const int64_t max_rows = samples_per_task * ((g.P + g.chunks_per_sample - 1) / g.chunks_per_sample);
   const int64_t units = sample_owned ? g.N : g.num_tasks();
   cpu::for_each_slot(units, slots, [&](int64_t slot, int64_t u_begin, int64_t u_end) {
     std::vector<T> col;
@@ -367,6 +459,13 @@ void conv_backward_gemm(const Geometry& g, const BackwardArgs<T>& a, int64_t slo
     if (!sample_owned && slot > 0 && private_grads != nullptr) target = private_grads + (slot - 1) * g.N * g.HW * g.C;
     const int64_t t_begin = sample_owned ? u_begin * g.chunks_per_sample : u_begin;
     const int64_t t_end = sample_owned ? u_end * g.chunks_per_sample : u_end;
+    if (samples_per_task > 1) {
+      for (int64_t n = u_begin; n < u_end; n += samples_per_task) {
+        const int64_t samples = std::min(samples_per_task, u_end - n);
+        backward_chunk(g, a, slot, n, 0, samples * g.P, target, col, gp_buffer);
+      }
+      return;
+    }
     for (int64_t t = t_begin; t < t_end; ++t) {
       const int64_t n = t / g.chunks_per_sample, c = t % g.chunks_per_sample;
       backward_chunk(g, a, slot, n, g.chunk_begin(c), g.chunk_begin(c + 1), target, col, gp_buffer);
@@ -620,8 +719,10 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
       } else {
         depthwise_forward_nchw<scalar_t>(g, xp, wp, bp, rp, op, act);
       }
+    } else if (nhwc) {
+      conv_forward_nhwc<scalar_t>(g, xp, wp, bp, rp, op, act);
     } else {
-      conv_forward_gemm<scalar_t>(g, xp, wp, bp, rp, op, act);
+      conv_forward_nchw<scalar_t>(g, xp, wp, bp, rp, op, act);
     }
   });
   return out;
@@ -676,6 +777,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     a.out = has_act ? y.const_data_ptr<scalar_t>() : nullptr;
     a.x = x.const_data_ptr<scalar_t>();
     a.w = w.const_data_ptr<scalar_t>();
+    at::Tensor w_t;
+    if (!nhwc && !g.depthwise() && need_input) {
+      w_t = w.reshape({groups, g.OCg, g.K}).transpose(1, 2).contiguous();
+      a.w_t = w_t.const_data_ptr<scalar_t>();
+    }
     a.act = act;
 
     if (g.depthwise()) {

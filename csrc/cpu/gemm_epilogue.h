@@ -1,5 +1,5 @@
-// Building blocks shared by the CPU conv2d and linear kernels: a row-major GEMM on raw pointers (ATen's
-// BLAS through at::mm_out / at::addmm_out on borrowed views), the fused epilogue
+// Building blocks shared by the CPU conv2d and linear kernels: a row-major GEMM on raw pointers (fastcnn's
+// packed micro-kernel GEMM, gemm_kernel.h), the fused epilogue
 // y = act(acc + bias + residual) applied to a block while it is still in cache, the fused
 // grad_pre = grad_output * act'(output), and the static work split that keeps per-thread partial sums
 // deterministic. Everything here operates on one 2-D block [rows, cols] with a leading dimension, so
@@ -7,48 +7,47 @@
 #pragma once
 
 #include <ATen/Parallel.h>
-#include <ATen/core/LegacyTypeDispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
-#include <ATen/ops/from_blob.h>
-#include <ATen/ops/mm.h>
 #include <c10/util/irange.h>
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "common/activation.h"
+#include "cpu/gemm_kernel.h"
 
 namespace fastcnn {
 namespace cpu {
 
-// Row-major C[m, n] (= or +=) op(A)[m, k] @ op(B)[k, n]. A transposed operand is stored as [k, lda]
-// (resp. [n, ldb]) and read through its transpose. The views borrow the caller's memory, carry no
-// autograd state, and the GEMM runs below autograd so it is safe to call from at::parallel_for workers
-// (whose thread-local dispatch state is not the caller's). Inside a parallel region MKL runs it on the
-// calling thread only, which is what the chunked callers want.
+// Row-major C[m, n] (= or +=) op(A)[m, k] @ op(B)[k, n] on fastcnn's packed GEMM (gemm_kernel.h),
+// single-threaded: the chunked callers run one per thread. A transposed operand is stored as [k, lda]
+// (resp. [n, ldb]) and read through its transpose. B is packed into thread-local panels on every call; a
+// transposed A is first copied row-major, since the micro-kernel reads A rows directly.
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
           int64_t ldb, T* c, int64_t ldc, bool accumulate) {
   if (m == 0 || n == 0) return;
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  const at::Tensor ta = trans_a ? at::from_blob(const_cast<T*>(a), {m, k}, {1, lda}, opts)
-                                : at::from_blob(const_cast<T*>(a), {m, k}, {lda, 1}, opts);
-  const at::Tensor tb = trans_b ? at::from_blob(const_cast<T*>(b), {k, n}, {1, ldb}, opts)
-                                : at::from_blob(const_cast<T*>(b), {k, n}, {ldb, 1}, opts);
-  at::Tensor tc = at::from_blob(c, {m, n}, {ldc, 1}, opts);
-  if (k == 0) {
-    if (!accumulate) {
-      for (const auto i : c10::irange(m)) std::fill_n(c + i * ldc, n, T(0));
+  thread_local std::vector<T> a_rows, b_panels;
+  const T* a_data = a;
+  int64_t a_ld = lda;
+  if (trans_a && k > 0) {
+    a_rows.resize(m * k);
+    T* dst = a_rows.data();
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const T* src = a + kk * lda;
+      for (int64_t r = 0; r < m; ++r) dst[r * k + kk] = src[r];
     }
-    return;
+    a_data = dst;
+    a_ld = k;
   }
-  if (accumulate) {
-    at::addmm_out(tc, tc, ta, tb);
-  } else {
-    at::mm_out(tc, ta, tb);
-  }
+  b_panels.resize(packed_b_size<T>(k, n));
+  pack_b<T>(k, 0, n, b, trans_b ? 1 : ldb, trans_b ? ldb : 1, b_panels.data());
+  Epilogue<T> ep;
+  ep.accumulate = accumulate;
+  const bool b_fits_l2 = k * n * int64_t(sizeof(T)) <= (512 << 10);
+  gemm_tiles<T>(
+      m, n, 1, nullptr, k, [&](int64_t i) { return a_data + i * a_ld; }, b_panels.data(), c, ldc, ep,
+      !b_fits_l2);
 }
 
 // The epilogue templated on the activation and on which addends exist, so the inner loop is a
