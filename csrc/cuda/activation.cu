@@ -44,25 +44,6 @@ struct ActivationGradOp {
   }
 };
 
-// Calls f(std::integral_constant<Activation, A>{}) for the runtime code, so kernels specialise on A.
-template <typename F>
-void with_activation(Activation act, F&& f) {
-  switch (act) {
-    case Activation::ReLU:
-      f(std::integral_constant<Activation, Activation::ReLU>{});
-      break;
-    case Activation::Sigmoid:
-      f(std::integral_constant<Activation, Activation::Sigmoid>{});
-      break;
-    case Activation::Tanh:
-      f(std::integral_constant<Activation, Activation::Tanh>{});
-      break;
-    default:
-      f(std::integral_constant<Activation, Activation::None>{});
-      break;
-  }
-}
-
 at::MemoryFormat format_of(const at::Tensor& t) {
   return t.dim() == 4 ? output_memory_format(t) : at::MemoryFormat::Contiguous;
 }
