@@ -92,12 +92,24 @@ def main() -> None:
 
                     fl = 2 * flops
                 t_ours, t_ref = alternate(ours, ref, args.rounds, args.min_run_time)
-                row = dict(layout=layout, shape=name, kind=kind, fastcnn_ms=t_ours * 1e3, torch_ms=t_ref * 1e3,
-                           ratio=t_ours / t_ref, fastcnn_gflops=fl / t_ours / 1e9, torch_gflops=fl / t_ref / 1e9)
+                row = dict(
+                    layout=layout,
+                    shape=name,
+                    kind=kind,
+                    fastcnn_ms=t_ours * 1e3,
+                    torch_ms=t_ref * 1e3,
+                    ratio=t_ours / t_ref,
+                    fastcnn_gflops=fl / t_ours / 1e9,
+                    torch_gflops=fl / t_ref / 1e9,
+                )
                 rows.append(row)
-                print(f"{layout:5} {kind:8} {name:24} fastcnn {row['fastcnn_ms']:8.3f} ms ({row['fastcnn_gflops']:5.0f} GF/s)"
-                      f"  torch {row['torch_ms']:8.3f} ms ({row['torch_gflops']:5.0f} GF/s)  ratio {row['ratio']:.2f}",
-                      flush=True)
+                print(
+                    f"{layout:5} {kind:8} {name:24} "
+                    f"fastcnn {row['fastcnn_ms']:8.3f} ms ({row['fastcnn_gflops']:5.0f} GF/s)"
+                    f"  torch {row['torch_ms']:8.3f} ms ({row['torch_gflops']:5.0f} GF/s)"
+                    f"  ratio {row['ratio']:.2f}",
+                    flush=True,
+                )
     print("\ngeomean time ratio fastcnn / PyTorch:")
     summary = {}
     for layout in layouts:
@@ -110,8 +122,18 @@ def main() -> None:
     print(f"load average: {os.getloadavg()}, threads: {torch.get_num_threads()}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(batch=args.batch, rows=rows, geomean=summary, loadavg=os.getloadavg(),
-                           threads=torch.get_num_threads(), torch=torch.__version__), f, indent=1)
+            json.dump(
+                dict(
+                    batch=args.batch,
+                    rows=rows,
+                    geomean=summary,
+                    loadavg=os.getloadavg(),
+                    threads=torch.get_num_threads(),
+                    torch=torch.__version__,
+                ),
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":
