@@ -45,8 +45,11 @@ def main() -> None:
     ap.add_argument("--min-run-time", type=float, default=0.2)
     ap.add_argument("--only", choices=["forward", "fused", "backward"], action="append")
     ap.add_argument("--layout", choices=["nchw", "nhwc"], action="append")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     kinds = args.only or ["forward", "fused", "backward"]
     layouts = args.layout or ["nchw", "nhwc"]
     shapes = json.load(open(os.path.join(HERE, "shapes", "cnn_layers.json")))["resnet18"]

@@ -1,26 +1,27 @@
-// CPU conv2d and its backward.
-// Algorithm: implicit GEMM over chunks of output pixels. A task is (sample, pixel range); tasks go
-// across threads with at::parallel_for, so batch 1 keeps every core busy, and each task runs
-// single-threaded GEMMs (ATen BLAS) on thread-local im2col buffers sized to stay in L2.
-//  * channels_last (NHWC): rows = output pixels. col[rows, KH*KW*Cg] @ W^T (weight permuted once to
-//    [OC, KH, KW, Cg]) writes the [rows, OC] slice of the output, which then gets the fused epilogue
-//    act(acc + bias + residual) while still cache-hot.
-//  * NCHW: per sample, W[OCg, Cg*KH*KW] @ col[Cg*KH*KW, pixels] writes the [OCg, pixels] block of the
-//    output plane stack directly, epilogue on that block.
-//  * 1x1 / stride 1 / pad 0 convolutions skip im2col and run the GEMM on the input itself.
+// CPU conv2d and its backward, on fastcnn's packed GEMM micro-kernels (cpu/gemm_kernel.h: AVX-512 /
+// AVX2 / portable, chosen at run time), 2 threads via at::parallel_for, one single-threaded GEMM per task.
+//  * channels_last (NHWC) forward: implicit GEMM, rows = global output pixels (across samples), no
+//    im2col buffer. The input is zero-padded once; the micro-kernel broadcasts each pixel's im2col row
+//    straight from it (KH runs of KW * C contiguous values) against the weight packed once per call into
+//    [OC / nr][K][nr] panels (K ordered kh, kw, c), and applies act(acc + bias + residual) to the tile in
+//    registers before its only store.
+//  * NCHW forward: per (sample, pixel chunk), im2col writes the chunk directly in the packed panel layout
+//    and C[OCg, pixels] = W[OCg, K] @ panels, weight rows read in place, the per-channel bias / residual /
+//    activation fused into the tiles.
 //  * Depthwise (groups == in_channels, out = multiplier * in): a direct kernel with no GEMM, vectorised
 //    over channels in NHWC and plane by plane in NCHW.
 // Backward forms grad_pre = grad_output * act'(output) per chunk as it reads grad_output. wgrad (and the
 // bias gradient) accumulate per-thread partial sums over a static task split and reduce them in slot
-// order, so results are bitwise reproducible for a given thread count. dgrad computes
-// grad_col = grad_pre @ W and scatters it back (col2im); a sample's scatter is owned by one thread, or,
-// for batches smaller than the thread count, each thread scatters into its own buffer, summed in order.
+// order, so results are bitwise reproducible for a given thread count; chunks span >= 256 pixels (NHWC
+// tasks take several whole samples when planes are small) so each wgrad GEMM has a long reduction. dgrad
+// computes grad_col = grad_pre @ W (NCHW: W^T transposed once per call) and scatters it back (col2im);
+// a sample's scatter is owned by one thread, or, for batches smaller than the thread count, each thread
+// scatters into its own buffer, summed in order. 1x1 / stride 1 / pad 0 convs skip im2col.
 // Layout: NCHW or channels_last input (output and grad_input follow it); weight [OC, C/groups, KH, KW].
-// Measured (fp32, batch 8, ResNet-18 3x3 layers, 2-core AMD EPYC shared with other jobs, so noisy):
-// forward 2.2-3.6x and backward 1.7-3.5x F.conv2d / oneDNN time; the stem conv is 0.7-1.4x. The gap is
-// the BLAS: MKL sgemm runs at ~120 GFLOP/s on this CPU where oneDNN's JIT kernels reach ~280, and
-// im2col + epilogue add ~12% on top of the GEMM. Depthwise 3x3, 64 channels, 56x56, batch 8: 0.2x
-// PyTorch's time in NCHW, but 6x in channels_last (oneDNN's JIT kernel is far ahead there).
+// Measured 2026-11-25 (fp32, batch 8, ResNet-18 layers, this 2-core AMD EPYC shared with other jobs,
+// load 3-5; time ratio fastcnn / PyTorch-oneDNN, geomean): forward 1.08-1.11 channels_last, ~1.15 NCHW;
+// backward ~1.05-1.08 both layouts; see benchmarks/NOTES.md. Depthwise 3x3, 64 channels, 56x56: 0.2x
+// PyTorch's time in NCHW, 6x in channels_last (not yet moved onto the GEMM kernels).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -210,6 +211,48 @@ void nchw_col_pass(const Geometry& g, std::conditional_t<kCol2im, T*, const T*> 
   }
 }
 
+// NCHW im2col straight into the GEMM's packed B layout: element (k, q) of the chunk's [K, pixels] col
+// block lands at panels[(q / nr) * K * nr + k * nr + q % nr]. Runs are split at panel edges so each copy
+// stays contiguous; one pass instead of im2col followed by pack_b. Columns past the chunk in the last
+// panel are left as they are (the micro-kernel masks them off).
+template <typename T>
+void nchw_pack_panels(const Geometry& g, const T* planes, int64_t p0, int64_t p1, int64_t nr, T* panels) {
+  const int64_t panel_stride = g.K * nr;
+  for (int64_t c = 0; c < g.Cg; ++c) {
+    const T* plane = planes + c * g.HW;
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        const int64_t k = (c * g.KH + kh) * g.KW + kw;
+        T* line = panels + k * nr;
+        const int64_t off_w = kw * g.dw - g.pw;
+        int64_t p = p0;
+        while (p < p1) {
+          const int64_t q = p - p0, lane = q % nr;
+          const int64_t oh = p / g.OW, ow0 = p % g.OW;
+          const int64_t ow1 = std::min({g.OW, ow0 + (p1 - p), ow0 + (nr - lane)});
+          const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+          T* seg = line + q / nr * panel_stride + lane;
+          if (ih < 0 || ih >= g.H) {
+            std::fill_n(seg, ow1 - ow0, T(0));
+          } else {
+            int64_t lo, hi;
+            valid_range(off_w, g.sw, g.W, ow0, ow1, lo, hi);
+            const T* in_row = plane + ih * g.W + off_w;
+            std::fill_n(seg, lo - ow0, T(0));
+            if (g.sw == 1) {
+              std::memcpy(seg + (lo - ow0), in_row + lo, (hi - lo) * sizeof(T));
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) seg[ow - ow0] = in_row[ow * g.sw];
+            }
+            std::fill_n(seg + (hi - ow0), ow1 - hi, T(0));
+          }
+          p += ow1 - ow0;
+        }
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // GEMM path, forward.
 
@@ -297,8 +340,8 @@ void conv_forward_nhwc(const Geometry& g, const T* x, const T* w, const T* bias,
   });
 }
 
-// NCHW: per (sample, pixel chunk), the chunk's im2col block is packed into [pixels / nr][K][nr] panels
-// (1x1 stride-1 convs pack straight from the planes) and C[OCg, pixels] = W[OCg, K] @ panels, with the
+// NCHW: per (sample, pixel chunk), the chunk's im2col block is written straight into [pixels / nr][K][nr]
+// panels (1x1 stride-1 convs pack the planes themselves) and C[OCg, pixels] = W[OCg, K] @ panels, with the
 // weight rows read in place and the per-channel bias / residual / activation fused into the tiles.
 template <typename T>
 void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias, const T* res, T* out,
@@ -311,8 +354,6 @@ void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias,
   const int64_t tasks = g.N * chunks;
   const int64_t slots = cpu::num_slots(tasks);
   cpu::for_each_slot(tasks, slots, [&](int64_t, int64_t t_begin, int64_t t_end) {
-    std::vector<T> col;
-    if (!g.direct) col.resize(chunk * g.K);
     std::vector<T> panels(cpu::packed_b_size<T>(g.K, chunk));
     for (int64_t t = t_begin; t < t_end; ++t) {
       const int64_t n = t / chunks, p0 = t % chunks * chunk, p1 = std::min(g.P, p0 + chunk), rows = p1 - p0;
@@ -321,8 +362,7 @@ void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias,
         if (g.direct) {
           cpu::pack_b<T>(g.K, 0, rows, planes + p0, g.HW, 1, panels.data());
         } else {
-          nchw_col_pass<T, false>(g, planes, p0, p1, col.data());
-          cpu::pack_b<T>(g.K, 0, rows, col.data(), rows, 1, panels.data());
+          nchw_pack_panels<T>(g, planes, p0, p1, nr, panels.data());
         }
         const int64_t block = (n * g.OC + grp * g.OCg) * g.P + p0;
         const T* w_g = w + grp * g.OCg * g.K;
