@@ -5,7 +5,8 @@
 //    straight from it (KH runs of KW * C contiguous values) against the weight packed once per call into
 //    [OC / nr][K][nr] panels (K ordered kh, kw, c), and applies act(acc + bias + residual) to the tile in
 //    registers before its only store.
-//  * NCHW forward: per (sample, pixel chunk), im2col writes the chunk directly in the packed panel layout
+//  * NCHW forward: per (sample, pixel chunk), im2col gathers the chunk from zero-padded planes directly
+//    into the packed panel layout
 //    and C[OCg, pixels] = W[OCg, K] @ panels, weight rows read in place, the per-channel bias / residual /
 //    activation fused into the tiles.
 //  * Depthwise (groups == in_channels, out = multiplier * in): a direct kernel with no GEMM, vectorised
@@ -211,48 +212,6 @@ void nchw_col_pass(const Geometry& g, std::conditional_t<kCol2im, T*, const T*> 
   }
 }
 
-// NCHW im2col straight into the GEMM's packed B layout: element (k, q) of the chunk's [K, pixels] col
-// block lands at panels[(q / nr) * K * nr + k * nr + q % nr]. Runs are split at panel edges so each copy
-// stays contiguous; one pass instead of im2col followed by pack_b. Columns past the chunk in the last
-// panel are left as they are (the micro-kernel masks them off).
-template <typename T>
-void nchw_pack_panels(const Geometry& g, const T* planes, int64_t p0, int64_t p1, int64_t nr, T* panels) {
-  const int64_t panel_stride = g.K * nr;
-  for (int64_t c = 0; c < g.Cg; ++c) {
-    const T* plane = planes + c * g.HW;
-    for (int64_t kh = 0; kh < g.KH; ++kh) {
-      for (int64_t kw = 0; kw < g.KW; ++kw) {
-        const int64_t k = (c * g.KH + kh) * g.KW + kw;
-        T* line = panels + k * nr;
-        const int64_t off_w = kw * g.dw - g.pw;
-        int64_t p = p0;
-        while (p < p1) {
-          const int64_t q = p - p0, lane = q % nr;
-          const int64_t oh = p / g.OW, ow0 = p % g.OW;
-          const int64_t ow1 = std::min({g.OW, ow0 + (p1 - p), ow0 + (nr - lane)});
-          const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-          T* seg = line + q / nr * panel_stride + lane;
-          if (ih < 0 || ih >= g.H) {
-            std::fill_n(seg, ow1 - ow0, T(0));
-          } else {
-            int64_t lo, hi;
-            valid_range(off_w, g.sw, g.W, ow0, ow1, lo, hi);
-            const T* in_row = plane + ih * g.W + off_w;
-            std::fill_n(seg, lo - ow0, T(0));
-            if (g.sw == 1) {
-              std::memcpy(seg + (lo - ow0), in_row + lo, (hi - lo) * sizeof(T));
-            } else {
-              for (int64_t ow = lo; ow < hi; ++ow) seg[ow - ow0] = in_row[ow * g.sw];
-            }
-            std::fill_n(seg + (hi - ow0), ow1 - hi, T(0));
-          }
-          p += ow1 - ow0;
-        }
-      }
-    }
-  }
-}
-
 // ---------------------------------------------------------------------------------------------------
 // GEMM path, forward.
 
@@ -340,8 +299,8 @@ void conv_forward_nhwc(const Geometry& g, const T* x, const T* w, const T* bias,
   });
 }
 
-// NCHW: per (sample, pixel chunk), the chunk's im2col block is written straight into [pixels / nr][K][nr]
-// panels (1x1 stride-1 convs pack the planes themselves) and C[OCg, pixels] = W[OCg, K] @ panels, with the
+// NCHW: per (sample, pixel chunk), the chunk's im2col block is gathered from zero-padded planes straight
+// into [pixels / nr][K][nr] panels (1x1 stride-1 convs pack the planes themselves) and C[OCg, pixels] = W[OCg, K] @ panels, with the
 // weight rows read in place and the per-channel bias / residual / activation fused into the tiles.
 template <typename T>
 void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias, const T* res, T* out,
@@ -353,16 +312,57 @@ void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias,
   const int64_t chunks = (g.P + chunk - 1) / chunk;
   const int64_t tasks = g.N * chunks;
   const int64_t slots = cpu::num_slots(tasks);
+
+  // Zero-padded planes make every im2col element a plain load at plane_offset(k) + pixel_offset(q).
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, HWp = Hp * Wp;
+  std::vector<T> padded;
+  const T* xs = x;
+  if (!g.direct && (g.ph > 0 || g.pw > 0)) {
+    padded.resize(g.N * g.C * HWp);
+    at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        T* d = padded.data() + plane * HWp;
+        const T* src = x + plane * g.HW;
+        std::fill_n(d, g.ph * Wp, T(0));
+        for (int64_t h = 0; h < g.H; ++h) {
+          T* row = d + (g.ph + h) * Wp;
+          std::fill_n(row, g.pw, T(0));
+          std::memcpy(row + g.pw, src + h * g.W, g.W * sizeof(T));
+          std::fill_n(row + g.pw + g.W, g.pw, T(0));
+        }
+        std::fill_n(d + (g.ph + g.H) * Wp, g.ph * Wp, T(0));
+      }
+    });
+    xs = padded.data();
+  }
+  const int64_t plane_size = xs == x ? g.HW : HWp, row_size = xs == x ? g.W : Wp;
+  std::vector<int64_t> k_off(g.K);
+  for (int64_t c = 0; c < g.Cg; ++c)
+    for (int64_t kh = 0; kh < g.KH; ++kh)
+      for (int64_t kw = 0; kw < g.KW; ++kw)
+        k_off[(c * g.KH + kh) * g.KW + kw] = c * plane_size + kh * g.dh * row_size + kw * g.dw;
+
   cpu::for_each_slot(tasks, slots, [&](int64_t, int64_t t_begin, int64_t t_end) {
     std::vector<T> panels(cpu::packed_b_size<T>(g.K, chunk));
+    std::vector<int64_t> q_off(chunk);
     for (int64_t t = t_begin; t < t_end; ++t) {
       const int64_t n = t / chunks, p0 = t % chunks * chunk, p1 = std::min(g.P, p0 + chunk), rows = p1 - p0;
+      for (int64_t p = p0; p < p1; ++p) q_off[p - p0] = (p / g.OW * g.sh) * row_size + p % g.OW * g.sw;
       for (int64_t grp = 0; grp < g.groups; ++grp) {
-        const T* planes = x + (n * g.C + grp * g.Cg) * g.HW;
+        const T* planes = xs + (n * g.C + grp * g.Cg) * plane_size;
         if (g.direct) {
           cpu::pack_b<T>(g.K, 0, rows, planes + p0, g.HW, 1, panels.data());
         } else {
-          nchw_pack_panels<T>(g, planes, p0, p1, nr, panels.data());
+          for (int64_t j0 = 0; j0 < rows; j0 += nr) {
+            const int64_t width = std::min(nr, rows - j0);
+            T* panel = panels.data() + j0 * g.K;
+            const int64_t* __restrict__ q = q_off.data() + j0;
+            for (int64_t k = 0; k < g.K; ++k) {
+              const T* __restrict__ src = planes + k_off[k];
+              T* __restrict__ dst = panel + k * nr;
+              for (int64_t l = 0; l < width; ++l) dst[l] = src[q[l]];
+            }
+          }
         }
         const int64_t block = (n * g.OC + grp * g.OCg) * g.P + p0;
         const T* w_g = w + grp * g.OCg * g.K;
