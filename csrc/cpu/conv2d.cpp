@@ -19,9 +19,10 @@
 // a sample's scatter is owned by one thread, or, for batches smaller than the thread count, each thread
 // scatters into its own buffer, summed in order. 1x1 / stride 1 / pad 0 convs skip im2col.
 // Layout: NCHW or channels_last input (output and grad_input follow it); weight [OC, C/groups, KH, KW].
-// Measured 2026-11-25 (fp32, batch 8, ResNet-18 layers, this 2-core AMD EPYC shared with other jobs,
-// load 3-5; time ratio fastcnn / PyTorch-oneDNN, geomean): forward 1.08-1.11 channels_last, ~1.15 NCHW;
-// backward ~1.05-1.08 both layouts; see benchmarks/NOTES.md. Depthwise 3x3, 64 channels, 56x56: 0.2x
+// Measured 2026-11-25 (fp32, batch 8, ResNet-18 layers, this 2-vCPU AMD EPYC shared with other jobs,
+// load 1-2; time ratio fastcnn / PyTorch-oneDNN, geomean): forward 1.09 channels_last, 1.07 NCHW;
+// backward 1.09 / 1.11; fused conv+bias+ReLU+residual 0.94 / 1.08 of PyTorch's unfused sequence
+// (benchmarks/NOTES.md). Depthwise 3x3, 64 channels, 56x56: 0.2x
 // PyTorch's time in NCHW, 6x in channels_last (not yet moved onto the GEMM kernels).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
