@@ -38,6 +38,38 @@ def alternate(a, b, rounds: int, min_run_time: float) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb_)
 
 
+def contenders(kind, x, wt, bias, res, go, stride, pad):
+    """(fastcnn, PyTorch) callables for one measurement kind on fixed inputs."""
+    if kind == "forward":
+
+        def ours():
+            return torch.ops.fastcnn.conv2d(x, wt, None, stride, pad, [1, 1], 1, 0, None)
+
+        def ref():
+            return F.conv2d(x, wt, None, stride, pad)
+
+    elif kind == "fused":
+
+        def ours():
+            return torch.ops.fastcnn.conv2d(x, wt, bias, stride, pad, [1, 1], 1, 1, res)
+
+        def ref():
+            return torch.relu(F.conv2d(x, wt, None, stride, pad) + bias.view(1, -1, 1, 1) + res)
+
+    else:
+        mask = [True, True, False]
+
+        def ours():
+            return torch.ops.fastcnn.conv2d_backward(go, x, wt, None, stride, pad, [1, 1], 1, 0, mask)
+
+        def ref():
+            return torch.ops.aten.convolution_backward(
+                go, x, wt, None, stride, pad, [1, 1], False, [0, 0], 1, mask
+            )
+
+    return ours, ref
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=8)
@@ -45,8 +77,11 @@ def main() -> None:
     ap.add_argument("--min-run-time", type=float, default=0.2)
     ap.add_argument("--only", choices=["forward", "fused", "backward"], action="append")
     ap.add_argument("--layout", choices=["nchw", "nhwc"], action="append")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     kinds = args.only or ["forward", "fused", "backward"]
     layouts = args.layout or ["nchw", "nhwc"]
     shapes = json.load(open(os.path.join(HERE, "shapes", "cnn_layers.json")))["resnet18"]
@@ -65,32 +100,10 @@ def main() -> None:
             oh, ow = y.shape[2:]
             flops = 2 * n * oc * oh * ow * c * s["kernel_h"] * s["kernel_w"]
             name = f"{c}->{oc} {h}x{w} k{s['kernel_h']} s{stride[0]}"
+            go = torch.randn_like(y)
             for kind in kinds:
-                if kind == "forward":
-                    ours = lambda: torch.ops.fastcnn.conv2d(x, wt, None, stride, pad, [1, 1], 1, 0, None)  # noqa: E731
-                    ref = lambda: F.conv2d(x, wt, None, stride, pad)  # noqa: E731
-                    fl = flops
-                elif kind == "fused":
-                    ours = lambda: torch.ops.fastcnn.conv2d(x, wt, bias, stride, pad, [1, 1], 1, 1, res)  # noqa: E731
-
-                    def ref():
-                        return torch.relu(F.conv2d(x, wt, None, stride, pad) + bias.view(1, -1, 1, 1) + res)
-
-                    fl = flops
-                else:
-                    go = torch.randn_like(y)
-
-                    def ours():
-                        return torch.ops.fastcnn.conv2d_backward(
-                            go, x, wt, None, stride, pad, [1, 1], 1, 0, [True, True, False]
-                        )
-
-                    def ref():
-                        return torch.ops.aten.convolution_backward(
-                            go, x, wt, None, stride, pad, [1, 1], False, [0, 0], 1, [True, True, False]
-                        )
-
-                    fl = 2 * flops
+                ours, ref = contenders(kind, x, wt, bias, res, go, stride, pad)
+                fl = 2 * flops if kind == "backward" else flops
                 t_ours, t_ref = alternate(ours, ref, args.rounds, args.min_run_time)
                 row = dict(
                     layout=layout,
@@ -105,9 +118,9 @@ def main() -> None:
                 rows.append(row)
                 print(
                     f"{layout:5} {kind:8} {name:24} "
-                    f"fastcnn {row['fastcnn_ms']:8.3f} ms ({row['fastcnn_gflops']:5.0f} GF/s)"
-                    f"  torch {row['torch_ms']:8.3f} ms ({row['torch_gflops']:5.0f} GF/s)"
-                    f"  ratio {row['ratio']:.2f}",
+                    f"fastcnn {row['fastcnn_ms']:8.3f} ms ({row['fastcnn_gflops']:5.0f} GF/s)  "
+                    f"torch {row['torch_ms']:8.3f} ms ({row['torch_gflops']:5.0f} GF/s)  "
+                    f"ratio {row['ratio']:.2f}",
                     flush=True,
                 )
     print("\ngeomean time ratio fastcnn / PyTorch:")

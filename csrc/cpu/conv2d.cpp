@@ -1,26 +1,29 @@
-// CPU conv2d and its backward.
-// Algorithm: implicit GEMM over chunks of output pixels. A task is (sample, pixel range); tasks go
-// across threads with at::parallel_for, so batch 1 keeps every core busy, and each task runs
-// single-threaded GEMMs (ATen BLAS) on thread-local im2col buffers sized to stay in L2.
-//  * channels_last (NHWC): rows = output pixels. col[rows, KH*KW*Cg] @ W^T (weight permuted once to
-//    [OC, KH, KW, Cg]) writes the [rows, OC] slice of the output, which then gets the fused epilogue
-//    act(acc + bias + residual) while still cache-hot.
-//  * NCHW: per sample, W[OCg, Cg*KH*KW] @ col[Cg*KH*KW, pixels] writes the [OCg, pixels] block of the
-//    output plane stack directly, epilogue on that block.
-//  * 1x1 / stride 1 / pad 0 convolutions skip im2col and run the GEMM on the input itself.
+// CPU conv2d and its backward, on fastcnn's packed GEMM micro-kernels (cpu/gemm_kernel.h: AVX-512 /
+// AVX2 / portable, chosen at run time), 2 threads via at::parallel_for, one single-threaded GEMM per task.
+//  * channels_last (NHWC) forward: implicit GEMM, rows = global output pixels (across samples), no
+//    im2col buffer. The input is zero-padded once; the micro-kernel broadcasts each pixel's im2col row
+//    straight from it (KH runs of KW * C contiguous values) against the weight packed once per call into
+//    [OC / nr][K][nr] panels (K ordered kh, kw, c), and applies act(acc + bias + residual) to the tile in
+//    registers before its only store.
+//  * NCHW forward: per (sample, pixel chunk), im2col gathers the chunk from zero-padded planes directly
+//    into the packed panel layout
+//    and C[OCg, pixels] = W[OCg, K] @ panels, weight rows read in place, the per-channel bias / residual /
+//    activation fused into the tiles.
 //  * Depthwise (groups == in_channels, out = multiplier * in): a direct kernel with no GEMM, vectorised
 //    over channels in NHWC and plane by plane in NCHW.
 // Backward forms grad_pre = grad_output * act'(output) per chunk as it reads grad_output. wgrad (and the
 // bias gradient) accumulate per-thread partial sums over a static task split and reduce them in slot
-// order, so results are bitwise reproducible for a given thread count. dgrad computes
-// grad_col = grad_pre @ W and scatters it back (col2im); a sample's scatter is owned by one thread, or,
-// for batches smaller than the thread count, each thread scatters into its own buffer, summed in order.
+// order, so results are bitwise reproducible for a given thread count; chunks span >= 256 pixels (NHWC
+// tasks take several whole samples when planes are small) so each wgrad GEMM has a long reduction. dgrad
+// computes grad_col = grad_pre @ W (NCHW: W^T transposed once per call) and scatters it back (col2im);
+// a sample's scatter is owned by one thread, or, for batches smaller than the thread count, each thread
+// scatters into its own buffer, summed in order. 1x1 / stride 1 / pad 0 convs skip im2col.
 // Layout: NCHW or channels_last input (output and grad_input follow it); weight [OC, C/groups, KH, KW].
-// Measured (fp32, batch 8, ResNet-18 3x3 layers, 2-core AMD EPYC shared with other jobs, so noisy):
-// forward 2.2-3.6x and backward 1.7-3.5x F.conv2d / oneDNN time; the stem conv is 0.7-1.4x. The gap is
-// the BLAS: MKL sgemm runs at ~120 GFLOP/s on this CPU where oneDNN's JIT kernels reach ~280, and
-// im2col + epilogue add ~12% on top of the GEMM. Depthwise 3x3, 64 channels, 56x56, batch 8: 0.2x
-// PyTorch's time in NCHW, but 6x in channels_last (oneDNN's JIT kernel is far ahead there).
+// Measured 2026-11-25 (fp32, batch 8, ResNet-18 layers, this 2-vCPU AMD EPYC shared with other jobs,
+// load 1-2; time ratio fastcnn / PyTorch-oneDNN, geomean): forward 1.09 channels_last, 1.07 NCHW;
+// backward 1.09 / 1.11; fused conv+bias+ReLU+residual 0.94 / 1.08 of PyTorch's unfused sequence
+// (benchmarks/NOTES.md). Depthwise 3x3, 64 channels, 56x56: 0.2x
+// PyTorch's time in NCHW, 6x in channels_last (not yet moved onto the GEMM kernels).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -297,8 +300,8 @@ void conv_forward_nhwc(const Geometry& g, const T* x, const T* w, const T* bias,
   });
 }
 
-// NCHW: per (sample, pixel chunk), the chunk's im2col block is packed into [pixels / nr][K][nr] panels
-// (1x1 stride-1 convs pack straight from the planes) and C[OCg, pixels] = W[OCg, K] @ panels, with the
+// NCHW: per (sample, pixel chunk), the chunk's im2col block is gathered from zero-padded planes straight
+// into [pixels / nr][K][nr] panels (1x1 stride-1 convs pack the planes themselves) and C[OCg, pixels] = W[OCg, K] @ panels, with the
 // weight rows read in place and the per-channel bias / residual / activation fused into the tiles.
 template <typename T>
 void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias, const T* res, T* out,
@@ -310,19 +313,57 @@ void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias,
   const int64_t chunks = (g.P + chunk - 1) / chunk;
   const int64_t tasks = g.N * chunks;
   const int64_t slots = cpu::num_slots(tasks);
+
+  // Zero-padded planes make every im2col element a plain load at plane_offset(k) + pixel_offset(q).
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, HWp = Hp * Wp;
+  std::vector<T> padded;
+  const T* xs = x;
+  if (!g.direct && (g.ph > 0 || g.pw > 0)) {
+    padded.resize(g.N * g.C * HWp);
+    at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        T* d = padded.data() + plane * HWp;
+        const T* src = x + plane * g.HW;
+        std::fill_n(d, g.ph * Wp, T(0));
+        for (int64_t h = 0; h < g.H; ++h) {
+          T* row = d + (g.ph + h) * Wp;
+          std::fill_n(row, g.pw, T(0));
+          std::memcpy(row + g.pw, src + h * g.W, g.W * sizeof(T));
+          std::fill_n(row + g.pw + g.W, g.pw, T(0));
+        }
+        std::fill_n(d + (g.ph + g.H) * Wp, g.ph * Wp, T(0));
+      }
+    });
+    xs = padded.data();
+  }
+  const int64_t plane_size = xs == x ? g.HW : HWp, row_size = xs == x ? g.W : Wp;
+  std::vector<int64_t> k_off(g.K);
+  for (int64_t c = 0; c < g.Cg; ++c)
+    for (int64_t kh = 0; kh < g.KH; ++kh)
+      for (int64_t kw = 0; kw < g.KW; ++kw)
+        k_off[(c * g.KH + kh) * g.KW + kw] = c * plane_size + kh * g.dh * row_size + kw * g.dw;
+
   cpu::for_each_slot(tasks, slots, [&](int64_t, int64_t t_begin, int64_t t_end) {
-    std::vector<T> col;
-    if (!g.direct) col.resize(chunk * g.K);
     std::vector<T> panels(cpu::packed_b_size<T>(g.K, chunk));
+    std::vector<int64_t> q_off(chunk);
     for (int64_t t = t_begin; t < t_end; ++t) {
       const int64_t n = t / chunks, p0 = t % chunks * chunk, p1 = std::min(g.P, p0 + chunk), rows = p1 - p0;
+      for (int64_t p = p0; p < p1; ++p) q_off[p - p0] = (p / g.OW * g.sh) * row_size + p % g.OW * g.sw;
       for (int64_t grp = 0; grp < g.groups; ++grp) {
-        const T* planes = x + (n * g.C + grp * g.Cg) * g.HW;
+        const T* planes = xs + (n * g.C + grp * g.Cg) * plane_size;
         if (g.direct) {
           cpu::pack_b<T>(g.K, 0, rows, planes + p0, g.HW, 1, panels.data());
         } else {
-          nchw_col_pass<T, false>(g, planes, p0, p1, col.data());
-          cpu::pack_b<T>(g.K, 0, rows, col.data(), rows, 1, panels.data());
+          for (int64_t j0 = 0; j0 < rows; j0 += nr) {
+            const int64_t width = std::min(nr, rows - j0);
+            T* panel = panels.data() + j0 * g.K;
+            const int64_t* __restrict__ q = q_off.data() + j0;
+            for (int64_t k = 0; k < g.K; ++k) {
+              const T* __restrict__ src = planes + k_off[k];
+              T* __restrict__ dst = panel + k * nr;
+              for (int64_t l = 0; l < width; ++l) dst[l] = src[q[l]];
+            }
+          }
         }
         const int64_t block = (n * g.OC + grp * g.OCg) * g.P + p0;
         const T* w_g = w + grp * g.OCg * g.K;

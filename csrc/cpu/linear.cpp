@@ -1,11 +1,12 @@
 // CPU linear and its backward. Algorithm: input [*, in] is flattened to x [M, in]; the output is produced
-// as blocks C = x_block @ W_block^T (ATen BLAS, one single-threaded GEMM per block inside
-// at::parallel_for) and each block gets the fused epilogue act(C + bias) while it is cache-hot. Blocks
+// as blocks C = x_block @ W_block^T (fastcnn's packed GEMM micro-kernel, cpu/gemm_kernel.h, one
+// single-threaded GEMM per block inside at::parallel_for) and each block gets the epilogue act(C + bias)
+// while it is cache-hot. Blocks
 // are row chunks when M is large and output-feature chunks when M is small, so both cores work even
 // for a single sample. Backward forms grad_pre = grad_output * act'(output) per row chunk as it reads
 // grad_output, computes grad_input = grad_pre @ W for that chunk and the bias gradient as per-slot
-// partial sums reduced in a fixed order; grad_weight = grad_pre^T @ x is one BLAS call.
-// Layout: row-major [M, in] input, [out, in] weight. Measured: not yet benchmarked (GEMM-bound; MKL sgemm).
+// partial sums reduced in a fixed order; grad_weight = grad_pre^T @ x is one ATen BLAS call.
+// Layout: row-major [M, in] input, [out, in] weight. Measured: not yet benchmarked (GEMM-bound).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
