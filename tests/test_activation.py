@@ -131,6 +131,31 @@ def test_nan_and_inf(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_fp32_sigmoid_tanh_accuracy_over_the_whole_range(name, device):
+    """fp32 sigmoid/tanh element by element against float64 over [-120, 120] and special values.
+
+    The CPU computes these with its own branch-free polynomials (csrc/common/host_math.h), so every
+    element is held to 4 ulp of the exact result; results below FLT_MIN may flush to zero.
+    """
+    grid = torch.linspace(-120.0, 120.0, 480_001, dtype=torch.float64)
+    fine = torch.linspace(-12.0, 12.0, 480_001, dtype=torch.float64)
+    special = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 0.625, -0.625, 9.005, 87.3, -87.3, 88.8, -88.8, 1e30])
+    x = torch.cat([grid, fine, special.double()]).float().to(device)
+    ours, theirs = UNARY[name]
+    out = ours(x).double().cpu()
+    ref = theirs(x.double().cpu())
+    tiny = torch.finfo(torch.float32).tiny
+    err = (out - ref).abs()
+    ulp = torch.finfo(torch.float32).eps * ref.abs()
+    bad = (err > 4 * ulp) & ~((ref.abs() < tiny) & (out.abs() <= tiny))
+    assert not bad.any(), f"{name}: {int(bad.sum())} elements beyond 4 ulp, e.g. x={x.cpu()[bad][:4]}"
+    assert torch.equal(torch.signbit(out), torch.signbit(ref)), f"{name}: sign differs (incl. -0)"
+    nan = ours(torch.tensor([float("nan")], device=device)).cpu()
+    assert torch.isnan(nan).all(), f"{name}: NaN must propagate"
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_relu_inplace_flag_leaves_input(device):
     x = make_tensor((3, 4), device=device)
     before = x.clone()

@@ -1,5 +1,7 @@
 // The activation epilogue shared by every fastcnn kernel, CPU and CUDA alike, so that a fused conv, a
-// fused linear, the residual add and the standalone activations compute exactly the same function.
+// fused linear, the residual add and the standalone activations compute the same function on a device.
+// Sigmoid and tanh come from the CUDA math library on the GPU and from host_math.h (branch-free, so CPU
+// loops vectorise; within 2.4 ulp of libm) on the CPU.
 // Backward is taken from the saved *output* y (never the input): relu' = [y > 0], sigmoid' = y(1-y),
 // tanh' = 1-y^2. This lets every fused op save one tensor, the one it already wrote.
 #pragma once
@@ -10,6 +12,8 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+
+#include "common/host_math.h"
 
 namespace fastcnn {
 
@@ -29,9 +33,17 @@ C10_HOST_DEVICE inline T activate(T x, Activation act) {
       // x > 0 ? x : 0 would turn NaN into 0; PyTorch's relu propagates NaN, and so do we.
       return x < T(0) ? T(0) : x;
     case Activation::Sigmoid:
+#ifdef __CUDA_ARCH__
       return T(1) / (T(1) + ::exp(-x));
+#else
+      return host_math::sigmoid(x);
+#endif
     case Activation::Tanh:
+#ifdef __CUDA_ARCH__
       return ::tanh(x);
+#else
+      return host_math::tanh(x);
+#endif
     default:
       return x;
   }

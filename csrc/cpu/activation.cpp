@@ -2,7 +2,8 @@
 // backward. Algorithm: one flat pass over the elements in memory order, split across OpenMP threads by
 // at::parallel_for; each output element is read/written exactly once. Layout: any dense layout; inputs
 // are made dense in the input's memory format (NCHW or channels_last) so `other` and `output` line up
-// element for element. Each loop is instantiated per activation (with_activation) so it vectorises.
+// element for element. Each loop is instantiated per activation (with_activation) and cloned per
+// instruction set (simd_clones.h) so it vectorises with AVX-512 where the CPU has it.
 // Measured: see benchmarks/NOTES.md.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -12,6 +13,7 @@
 
 #include "common/activation.h"
 #include "common/checks.h"
+#include "cpu/simd_clones.h"
 
 namespace fastcnn {
 namespace {
@@ -26,6 +28,23 @@ at::MemoryFormat format_of(const at::Tensor& t) {
   return t.dim() == 4 ? output_memory_format(t) : at::MemoryFormat::Contiguous;
 }
 
+template <typename T, Activation A>
+FASTCNN_SIMD_CLONES void activate_range(const T* __restrict x, T* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = activate<T>(x[i], A);
+}
+
+template <typename T, Activation A>
+FASTCNN_SIMD_CLONES void add_activate_range(const T* __restrict a, const T* __restrict b, T* __restrict y,
+                                            int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = activate<T>(a[i] + b[i], A);
+}
+
+template <typename T, Activation A>
+FASTCNN_SIMD_CLONES void activation_grad_range(const T* __restrict g, const T* __restrict y, T* __restrict gx,
+                                               int64_t n) {
+  for (int64_t i = 0; i < n; ++i) gx[i] = activation_grad<T>(g[i], y[i], A);
+}
+
 at::Tensor activation_forward(const at::Tensor& input, Activation act) {
   check_floating(input, "input", /*allow_reduced=*/false);
   const auto fmt = format_of(input);
@@ -36,7 +55,7 @@ at::Tensor activation_forward(const at::Tensor& input, Activation act) {
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     with_activation(act, [&](auto a) {
       at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) yp[i] = activate<scalar_t>(xp[i], a.value);
+        activate_range<scalar_t, decltype(a)::value>(xp + begin, yp + begin, end - begin);
       });
     });
   });
@@ -63,7 +82,7 @@ at::Tensor add_cpu(const at::Tensor& input, const at::Tensor& other, int64_t act
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     with_activation(act, [&](auto tag) {
       at::parallel_for(0, a.numel(), kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) yp[i] = activate<scalar_t>(ap[i] + bp[i], tag.value);
+        add_activate_range<scalar_t, decltype(tag)::value>(ap + begin, bp + begin, yp + begin, end - begin);
       });
     });
   });
@@ -86,7 +105,7 @@ at::Tensor activation_backward_cpu(const at::Tensor& grad_output, const at::Tens
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     with_activation(act, [&](auto a) {
       at::parallel_for(0, y.numel(), kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) gxp[i] = activation_grad<scalar_t>(gp[i], yp[i], a.value);
+        activation_grad_range<scalar_t, decltype(a)::value>(gp + begin, yp + begin, gxp + begin, end - begin);
       });
     });
   });

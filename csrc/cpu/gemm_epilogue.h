@@ -15,6 +15,7 @@
 
 #include "common/activation.h"
 #include "cpu/gemm_kernel.h"
+#include "cpu/simd_clones.h"
 
 namespace fastcnn {
 namespace cpu {
@@ -53,7 +54,7 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* 
 // The epilogue templated on the activation and on which addends exist, so the inner loop is a
 // branch-free, vectorisable sweep over a contiguous row.
 template <typename T, Activation A, bool kColBias, bool kResidual>
-void epilogue_impl(T* out, int64_t ld, int64_t rows, int64_t cols, const T* col_bias, const T* row_bias,
+FASTCNN_SIMD_CLONES void epilogue_impl(T* out, int64_t ld, int64_t rows, int64_t cols, const T* col_bias, const T* row_bias,
                    const T* residual, int64_t res_ld) {
   for (const auto r : c10::irange(rows)) {
     T* __restrict__ o = out + r * ld;
@@ -103,7 +104,7 @@ void apply_epilogue(T* out, int64_t ld, int64_t rows, int64_t cols, const T* col
 }
 
 template <typename T, Activation A>
-void grad_pre_impl(const T* g, int64_t g_ld, const T* y, int64_t y_ld, T* gp, int64_t gp_ld, int64_t rows,
+FASTCNN_SIMD_CLONES void grad_pre_impl(const T* g, int64_t g_ld, const T* y, int64_t y_ld, T* gp, int64_t gp_ld, int64_t rows,
                    int64_t cols) {
   for (const auto r : c10::irange(rows)) {
     const T* __restrict__ gr = g + r * g_ld;

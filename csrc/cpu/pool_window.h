@@ -14,19 +14,11 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "cpu/simd_clones.h"
 
 namespace fastcnn {
 namespace pool {
 
-// The loops that do a kernel's work (never the parallel_for lambdas, which inherit no target) are
-// compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time, since the extension is built
-// without -march flags. Inline helpers they call are compiled for the caller's target. A cloned
-// function must neither throw nor allocate: an exception does not unwind through GCC's clone dispatch.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTCNN_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FASTCNN_SIMD_CLONES
-#endif
 
 // Elements of work a parallel_for chunk should at least carry before another thread is worth waking.
 constexpr int64_t kGrain = 32768;
