@@ -143,13 +143,9 @@ def test_converted_matches_torchvision(name):
         _compare(fast32, torch64, torch32, f"{name} {mode} float32", torch.float32)
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=False,
-    reason="fastcnn's CPU linear kernel returns a view of its output buffer, and GoogLeNet's auxiliary "
-    "head applies F.relu(..., inplace=True) to it, which autograd forbids on a custom op's view output",
-)
 def test_googlenet_aux_heads_train():
+    """GoogLeNet's auxiliary heads apply F.relu(..., inplace=True) to a linear output: fastcnn's linear
+    must return a fresh tensor, not a view, or autograd refuses the in-place op."""
     torch.manual_seed(0)
     original = _no_dropout(tv.googlenet(weights=None, aux_logits=True, init_weights=True)).double()
     converted = fastcnn.convert(original)

@@ -139,6 +139,22 @@ def _opcheck_samples(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(5, 6), (2, 3, 6)], ids=["2d", "3d"])
+def test_linear_output_supports_inplace_under_autograd(shape, device):
+    """The output is a fresh tensor (not a view of an internal buffer), so an in-place activation on it
+    works under autograd, as GoogLeNet's auxiliary heads do with F.relu(..., inplace=True)."""
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    out = ops.linear(x, w)
+    assert out._base is None
+    F.relu(out, inplace=True).sum().backward()
+    x_ref, w_ref = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    F.relu(F.linear(x_ref, w_ref)).sum().backward()
+    assert_close(x.grad, x_ref.grad, name="grad of input")
+    assert_close(w.grad, w_ref.grad, name="grad of weight")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_linear_opcheck(device):
     for args in _opcheck_samples(device):
         torch.library.opcheck(torch.ops.fastcnn.linear.default, args)

@@ -71,8 +71,10 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   const at::Tensor w = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({s.rows, s.out_features}, x.options());
-  if (s.rows == 0) return out.view(output_sizes(input, s.out_features));  // an empty batch, as F.linear
+  // Allocated at its final shape (not a view of a 2-D buffer): callers may modify it in place, e.g.
+  // F.relu(linear(x), inplace=True), which autograd refuses on a view returned by a custom op.
+  at::Tensor out = at::empty(output_sizes(input, s.out_features), x.options());
+  if (s.rows == 0) return out;  // an empty batch, as F.linear
 
   const int64_t threads = at::get_num_threads();
   // Enough rows: split rows (each block sees all of W). Few rows: split output features instead.
@@ -104,7 +106,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
       }
     });
   });
-  return out.view(output_sizes(input, s.out_features));
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Tensor& grad_output,
@@ -135,14 +137,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
   const at::Tensor g = grad_output.reshape({M, N}).contiguous();
   const at::Tensor w = weight.contiguous();
 
-  at::Tensor grad_input = need_input ? at::empty({M, K}, opts) : at::empty({0}, opts);
+  at::Tensor grad_input = need_input ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
   at::Tensor grad_weight = need_weight ? at::empty({N, K}, opts) : at::empty({0}, opts);
   at::Tensor grad_bias = need_bias ? at::empty({N}, opts) : at::empty({0}, opts);
   if (!need_input && !need_weight && !need_bias) return {grad_input, grad_weight, grad_bias};
   if (M == 0) {  // an empty batch contributes nothing to the weight and bias gradients
     if (need_weight) grad_weight.zero_();
     if (need_bias) grad_bias.zero_();
-    return {need_input ? grad_input.view(input.sizes()) : grad_input, grad_weight, grad_bias};
+    return {grad_input, grad_weight, grad_bias};
   }
 
   // grad_pre is kept whole only when grad_weight needs it after the row pass; otherwise per chunk.
@@ -195,7 +197,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::mm_out(grad_weight, grad_pre.t(), x);
   }
-  if (need_input) grad_input = grad_input.view(input.sizes());
   return {grad_input, grad_weight, grad_bias};
 }
 
