@@ -3,7 +3,9 @@ PYTHON_SYS ?= python3
 VENV       := .venv
 PY         := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DEV_DEPS   := pytest pytest-xdist pytest-benchmark hypothesis ruff ninja numpy rich tqdm scikit-learn matplotlib
+DEV_DEPS   := pytest pytest-xdist pytest-benchmark hypothesis ruff clang-format ninja numpy rich tqdm scikit-learn \
+              matplotlib
+CXX_SOURCES = $(shell git ls-files 'csrc/*.cpp' 'csrc/*.h' 'csrc/*.cu' 'csrc/*.cuh' 'csrc/*.inc')
 # Build the CUDA kernels whenever the toolkit is there (setup.py decides; FASTCNN_CUDA=0/1 forces it).
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export MAX_JOBS  ?= $(shell nproc)
@@ -38,6 +40,7 @@ demo-train: build demo-check
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run -Werror $(CXX_SOURCES)
 
 test: build lint
 	$(PY) -m pytest -q -n 2 tests/
@@ -49,6 +52,7 @@ fuzz-long: build
 format: $(VENV)/.deps
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 clean:
 	rm -rf build fastcnn/_C*.so *.egg-info

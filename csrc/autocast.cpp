@@ -17,29 +17,37 @@ namespace {
 
 constexpr auto kDevice = c10::DeviceType::CUDA;
 
-at::Tensor conv2d_autocast(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+at::Tensor conv2d_autocast(const at::Tensor& input, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            int64_t activation, const std::optional<at::Tensor>& residual) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
-  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fastcnn::conv2d", "").typed<decltype(conv2d_autocast)>();
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastcnn::conv2d", "")
+                       .typed<decltype(conv2d_autocast)>();
   const auto dtype = at::autocast::get_autocast_dtype(at::kCUDA);
-  return op.call(at::autocast::cached_cast(dtype, input, kDevice), at::autocast::cached_cast(dtype, weight, kDevice),
-                 at::autocast::cached_cast(dtype, bias, kDevice), stride, padding, dilation, groups, activation,
-                 at::autocast::cached_cast(dtype, residual, kDevice));
+  return op.call(at::autocast::cached_cast(dtype, input, kDevice),
+                 at::autocast::cached_cast(dtype, weight, kDevice),
+                 at::autocast::cached_cast(dtype, bias, kDevice), stride, padding, dilation, groups,
+                 activation, at::autocast::cached_cast(dtype, residual, kDevice));
 }
 
-at::Tensor linear_autocast(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                           int64_t activation) {
+at::Tensor linear_autocast(const at::Tensor& input, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias, int64_t activation) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
-  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fastcnn::linear", "").typed<decltype(linear_autocast)>();
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastcnn::linear", "")
+                       .typed<decltype(linear_autocast)>();
   const auto dtype = at::autocast::get_autocast_dtype(at::kCUDA);
-  return op.call(at::autocast::cached_cast(dtype, input, kDevice), at::autocast::cached_cast(dtype, weight, kDevice),
+  return op.call(at::autocast::cached_cast(dtype, input, kDevice),
+                 at::autocast::cached_cast(dtype, weight, kDevice),
                  at::autocast::cached_cast(dtype, bias, kDevice), activation);
 }
 
 at::Tensor add_autocast(const at::Tensor& input, const at::Tensor& other, int64_t activation) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
-  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fastcnn::add", "").typed<decltype(add_autocast)>();
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("fastcnn::add", "").typed<decltype(add_autocast)>();
   const auto dtype = at::promote_types(input.scalar_type(), other.scalar_type());
   return op.call(input.to(dtype), other.to(dtype), activation);
 }

@@ -20,8 +20,8 @@ namespace fastcnn {
 enum class Activation : int64_t { None = 0, ReLU = 1, Sigmoid = 2, Tanh = 3 };
 
 inline Activation to_activation(int64_t code) {
-  TORCH_CHECK(code >= 0 && code <= 3, "fastcnn: activation code must be 0 (none), 1 (relu), 2 (sigmoid) or 3 (tanh), got ",
-              code);
+  TORCH_CHECK(code >= 0 && code <= 3,
+              "fastcnn: activation code must be 0 (none), 1 (relu), 2 (sigmoid) or 3 (tanh), got ", code);
   return static_cast<Activation>(code);
 }
 

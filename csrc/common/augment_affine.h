@@ -61,7 +61,8 @@ C10_HOST_DEVICE inline T floor_of(T x) {
 // output channel. acc_t is the arithmetic (and output) type: float, or double for float64 input.
 template <typename in_t, typename acc_t>
 C10_HOST_DEVICE inline void warp_pixel(const in_t* in_n, const PixelAffine<acc_t>& m, int64_t ox, int64_t oy,
-                                       const acc_t* mean, const acc_t* std, acc_t* out_px, const Geometry& g) {
+                                       const acc_t* mean, const acc_t* std, acc_t* out_px,
+                                       const Geometry& g) {
   const acc_t x = static_cast<acc_t>(ox), y = static_cast<acc_t>(oy);
   const acc_t sx = m.a00 * x + m.a01 * y + m.a02;
   const acc_t sy = m.a10 * x + m.a11 * y + m.a12;
@@ -108,8 +109,8 @@ struct Buffers {
 
 // dtype_ok / dtypes_text: the input dtypes the calling device supports, for the error message.
 template <typename DtypeOk>
-Buffers prepare(const at::Tensor& input, const at::Tensor& theta, const at::Tensor& mean, const at::Tensor& std,
-                at::IntArrayRef out_size, DtypeOk dtype_ok, const char* dtypes_text) {
+Buffers prepare(const at::Tensor& input, const at::Tensor& theta, const at::Tensor& mean,
+                const at::Tensor& std, at::IntArrayRef out_size, DtypeOk dtype_ok, const char* dtypes_text) {
   check_dim(input, 4, "input", "N, C, H, W");
   const auto in_dtype = input.scalar_type();
   TORCH_CHECK(dtype_ok(in_dtype), "fastcnn: input must be ", dtypes_text, ", got ", in_dtype);
@@ -120,13 +121,15 @@ Buffers prepare(const at::Tensor& input, const at::Tensor& theta, const at::Tens
               "fastcnn: input must have non-zero channels and spatial size, got shape ", input.sizes());
   TORCH_CHECK(theta.device() == input.device(), "fastcnn: theta is on ", theta.device(), " but input is on ",
               input.device());
-  TORCH_CHECK(theta.is_floating_point(), "fastcnn: theta must be a floating tensor, got ", theta.scalar_type());
+  TORCH_CHECK(theta.is_floating_point(), "fastcnn: theta must be a floating tensor, got ",
+              theta.scalar_type());
   TORCH_CHECK(theta.dim() == 3 && theta.size(0) == batch && theta.size(1) == 2 && theta.size(2) == 3,
               "fastcnn: theta must have shape [", batch, ", 2, 3], got ", theta.sizes());
   for (const auto& [t, name] : {std::pair{&mean, "mean"}, std::pair{&std, "std"}}) {
     TORCH_CHECK(t->device() == input.device(), "fastcnn: ", name, " is on ", t->device(), " but input is on ",
                 input.device());
-    TORCH_CHECK(t->is_floating_point(), "fastcnn: ", name, " must be a floating tensor, got ", t->scalar_type());
+    TORCH_CHECK(t->is_floating_point(), "fastcnn: ", name, " must be a floating tensor, got ",
+                t->scalar_type());
     TORCH_CHECK(t->dim() == 1 && t->size(0) == channels, "fastcnn: ", name, " must have shape [", channels,
                 "] (one value per channel), got ", t->sizes());
   }

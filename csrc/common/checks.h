@@ -13,8 +13,8 @@ namespace fastcnn {
 // Dtypes a device's kernels are compiled for: fp32/fp64 everywhere, fp16/bf16 on CUDA only.
 inline void check_floating(const at::Tensor& t, const char* name, bool allow_reduced) {
   const auto dt = t.scalar_type();
-  const bool ok = dt == at::kFloat || dt == at::kDouble ||
-                  (allow_reduced && (dt == at::kHalf || dt == at::kBFloat16));
+  const bool ok =
+      dt == at::kFloat || dt == at::kDouble || (allow_reduced && (dt == at::kHalf || dt == at::kBFloat16));
   TORCH_CHECK(ok, "fastcnn: ", name, " must be ",
               allow_reduced ? "float32, float64, float16 or bfloat16" : "float32 or float64 on the CPU",
               ", got ", dt);
@@ -107,8 +107,8 @@ inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weigh
   TORCH_CHECK(s.out_channels % groups == 0 && s.out_channels > 0, "fastcnn: weight's out_channels (",
               s.out_channels, ") must be a positive multiple of groups (", groups, ")");
   TORCH_CHECK(weight.size(1) * groups == s.in_channels, "fastcnn: input has ", s.in_channels,
-              " channels but weight expects in_channels/groups * groups = ", weight.size(1), " * ", groups, " = ",
-              weight.size(1) * groups);
+              " channels but weight expects in_channels/groups * groups = ", weight.size(1), " * ", groups,
+              " = ", weight.size(1) * groups);
   s.stride_h = stride[0];
   s.stride_w = stride[1];
   s.pad_h = padding[0];
@@ -118,8 +118,8 @@ inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weigh
   s.out_h = conv_output_extent(s.in_h, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h);
   s.out_w = conv_output_extent(s.in_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w);
   TORCH_CHECK(s.out_h > 0 && s.out_w > 0, "fastcnn: conv2d output size would be ", s.out_h, "x", s.out_w,
-              " (input ", s.in_h, "x", s.in_w, ", kernel ", s.kernel_h, "x", s.kernel_w, ", padding ", padding,
-              ", dilation ", dilation, ", stride ", stride, "); it must be at least 1x1");
+              " (input ", s.in_h, "x", s.in_w, ", kernel ", s.kernel_h, "x", s.kernel_w, ", padding ",
+              padding, ", dilation ", dilation, ", stride ", stride, "); it must be at least 1x1");
   if (bias.has_value() && bias->defined()) {
     check_same_dtype_device(*bias, input, "bias", "input");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.out_channels, "fastcnn: bias must have shape [",
@@ -140,7 +140,7 @@ inline void check_residual(const std::optional<at::Tensor>& residual, const at::
 // Output memory format follows the input's, as PyTorch's own conv and pooling do.
 inline at::MemoryFormat output_memory_format(const at::Tensor& input) {
   return input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
-                                                                          : at::MemoryFormat::Contiguous;
+                                                                         : at::MemoryFormat::Contiguous;
 }
 
 struct Pool2dShape {
@@ -161,8 +161,8 @@ inline Pool2dShape check_pool2d(const at::Tensor& input, at::IntArrayRef kernel_
   TORCH_CHECK(input.size(0) > 0, "fastcnn: input has an empty batch (shape ", input.sizes(), ")");
   TORCH_CHECK(input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0,
               "fastcnn: input must have non-zero channels and spatial size, got shape ", input.sizes());
-  TORCH_CHECK(padding[0] * 2 <= kernel_size[0] && padding[1] * 2 <= kernel_size[1],
-              "fastcnn: padding ", padding, " must be at most half of kernel_size ", kernel_size);
+  TORCH_CHECK(padding[0] * 2 <= kernel_size[0] && padding[1] * 2 <= kernel_size[1], "fastcnn: padding ",
+              padding, " must be at most half of kernel_size ", kernel_size);
   Pool2dShape s{};
   s.batch = input.size(0);
   s.channels = input.size(1);

@@ -23,7 +23,9 @@ inline float bits_to_float(int32_t bits) {
 }
 
 // 2^e for e in [-126, 127].
-inline float exp2_int(int32_t e) { return bits_to_float((e + 127) << 23); }
+inline float exp2_int(int32_t e) {
+  return bits_to_float((e + 127) << 23);
+}
 
 // e^x for x in [-87.33, 88.37] (results in the normal range, 2^n with n in [-126, 127]).
 inline float exp_normal_range(float x) {
@@ -67,8 +69,12 @@ inline float tanh(float x) {
 }
 
 // Double precision keeps libm: fp64 is the reference precision, not a speed path.
-inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline double tanh(double x) { return std::tanh(x); }
+inline double sigmoid(double x) {
+  return 1.0 / (1.0 + std::exp(-x));
+}
+inline double tanh(double x) {
+  return std::tanh(x);
+}
 
 }  // namespace host_math
 }  // namespace fastcnn

@@ -62,16 +62,22 @@ at::Tensor activation_forward(const at::Tensor& input, Activation act) {
   return y;
 }
 
-at::Tensor relu_cpu(const at::Tensor& input) { return activation_forward(input, Activation::ReLU); }
-at::Tensor sigmoid_cpu(const at::Tensor& input) { return activation_forward(input, Activation::Sigmoid); }
-at::Tensor tanh_cpu(const at::Tensor& input) { return activation_forward(input, Activation::Tanh); }
+at::Tensor relu_cpu(const at::Tensor& input) {
+  return activation_forward(input, Activation::ReLU);
+}
+at::Tensor sigmoid_cpu(const at::Tensor& input) {
+  return activation_forward(input, Activation::Sigmoid);
+}
+at::Tensor tanh_cpu(const at::Tensor& input) {
+  return activation_forward(input, Activation::Tanh);
+}
 
 at::Tensor add_cpu(const at::Tensor& input, const at::Tensor& other, int64_t activation) {
   const Activation act = to_activation(activation);
   check_floating(input, "input", /*allow_reduced=*/false);
   check_same_dtype_device(other, input, "other", "input");
-  TORCH_CHECK(other.sizes() == input.sizes(), "fastcnn: add needs other to have input's shape ", input.sizes(),
-              ", got ", other.sizes());
+  TORCH_CHECK(other.sizes() == input.sizes(), "fastcnn: add needs other to have input's shape ",
+              input.sizes(), ", got ", other.sizes());
   const auto fmt = format_of(input);
   const at::Tensor a = dense(input, fmt);
   const at::Tensor b = dense(other, fmt);
@@ -89,7 +95,8 @@ at::Tensor add_cpu(const at::Tensor& input, const at::Tensor& other, int64_t act
   return y;
 }
 
-at::Tensor activation_backward_cpu(const at::Tensor& grad_output, const at::Tensor& output, int64_t activation) {
+at::Tensor activation_backward_cpu(const at::Tensor& grad_output, const at::Tensor& output,
+                                   int64_t activation) {
   const Activation act = to_activation(activation);
   check_floating(output, "output", /*allow_reduced=*/false);
   check_same_dtype_device(grad_output, output, "grad_output", "output");

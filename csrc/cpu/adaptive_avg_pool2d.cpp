@@ -39,23 +39,24 @@ template <typename scalar_t>
 FASTCNN_SIMD_CLONES void adaptive_avg_pool_nchw_planes(const scalar_t* input, scalar_t* output,
                                                        const AdaptivePlan& p, int64_t begin, int64_t end) {
   const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const scalar_t* x = input + plane * in_plane;
-      scalar_t* y = output + plane * out_plane;
-      for (int64_t oh = 0; oh < p.out_h; ++oh) {
-        const pool::Span r = p.rows[oh];
-        for (int64_t ow = 0; ow < p.out_w; ++ow) {
-          const pool::Span c = p.cols[ow];
-          scalar_t sum = 0;
-          if (c.begin == 0 && c.end == p.in_w) {
-            sum = pool::sum_contiguous(x + r.begin * p.in_w, (r.end - r.begin) * p.in_w);  // rows are adjacent
-          } else {
-            for (int64_t ih = r.begin; ih < r.end; ++ih) sum += pool::sum_contiguous(x + ih * p.in_w + c.begin, c.end - c.begin);
-          }
-          y[oh * p.out_w + ow] = sum / static_cast<scalar_t>((r.end - r.begin) * (c.end - c.begin));
+  for (int64_t plane = begin; plane < end; ++plane) {
+    const scalar_t* x = input + plane * in_plane;
+    scalar_t* y = output + plane * out_plane;
+    for (int64_t oh = 0; oh < p.out_h; ++oh) {
+      const pool::Span r = p.rows[oh];
+      for (int64_t ow = 0; ow < p.out_w; ++ow) {
+        const pool::Span c = p.cols[ow];
+        scalar_t sum = 0;
+        if (c.begin == 0 && c.end == p.in_w) {
+          sum = pool::sum_contiguous(x + r.begin * p.in_w, (r.end - r.begin) * p.in_w);  // rows are adjacent
+        } else {
+          for (int64_t ih = r.begin; ih < r.end; ++ih)
+            sum += pool::sum_contiguous(x + ih * p.in_w + c.begin, c.end - c.begin);
         }
+        y[oh * p.out_w + ow] = sum / static_cast<scalar_t>((r.end - r.begin) * (c.end - c.begin));
       }
     }
+  }
 }
 
 template <typename scalar_t>
@@ -70,20 +71,20 @@ template <typename scalar_t>
 FASTCNN_SIMD_CLONES void adaptive_avg_pool_nhwc_pixels(const scalar_t* input, scalar_t* output,
                                                        const AdaptivePlan& p, int64_t begin, int64_t end) {
   const int64_t channels = p.channels, out_h = p.out_h, out_w = p.out_w;
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / (out_h * out_w), oh = (t / out_w) % out_h, ow = t % out_w;
-      const pool::Span r = p.rows[oh], c = p.cols[ow];
-      scalar_t* __restrict y = output + t * channels;
-      std::fill(y, y + channels, scalar_t(0));
-      for (int64_t ih = r.begin; ih < r.end; ++ih) {
-        for (int64_t iw = c.begin; iw < c.end; ++iw) {
-          const scalar_t* __restrict x = input + ((n * p.in_h + ih) * p.in_w + iw) * channels;
-          for (int64_t ch = 0; ch < channels; ++ch) y[ch] += x[ch];
-        }
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t n = t / (out_h * out_w), oh = (t / out_w) % out_h, ow = t % out_w;
+    const pool::Span r = p.rows[oh], c = p.cols[ow];
+    scalar_t* __restrict y = output + t * channels;
+    std::fill(y, y + channels, scalar_t(0));
+    for (int64_t ih = r.begin; ih < r.end; ++ih) {
+      for (int64_t iw = c.begin; iw < c.end; ++iw) {
+        const scalar_t* __restrict x = input + ((n * p.in_h + ih) * p.in_w + iw) * channels;
+        for (int64_t ch = 0; ch < channels; ++ch) y[ch] += x[ch];
       }
-      const scalar_t count = static_cast<scalar_t>((r.end - r.begin) * (c.end - c.begin));
-      for (int64_t ch = 0; ch < channels; ++ch) y[ch] /= count;
     }
+    const scalar_t count = static_cast<scalar_t>((r.end - r.begin) * (c.end - c.begin));
+    for (int64_t ch = 0; ch < channels; ++ch) y[ch] /= count;
+  }
 }
 
 template <typename scalar_t>
@@ -110,9 +111,11 @@ at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef outp
   at::Tensor output = pool::empty_4d(x, plan.batch, plan.channels, plan.out_h, plan.out_w, fmt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastcnn_adaptive_avg_pool2d_cpu", [&] {
     if (pool::is_channels_last(fmt)) {
-      adaptive_avg_pool_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), plan);
+      adaptive_avg_pool_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
+                                       plan);
     } else {
-      adaptive_avg_pool_nchw<scalar_t>(x.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), plan);
+      adaptive_avg_pool_nchw<scalar_t>(x.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
+                                       plan);
     }
   });
   return output;
@@ -120,50 +123,52 @@ at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef outp
 
 template <typename scalar_t>
 FASTCNN_SIMD_CLONES void adaptive_avg_pool_backward_planes(const scalar_t* grad_output, scalar_t* grad_input,
-                                                           const AdaptivePlan& p, int64_t begin, int64_t end) {
+                                                           const AdaptivePlan& p, int64_t begin,
+                                                           int64_t end) {
   const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
-    for (int64_t plane = begin; plane < end; ++plane) {
-      scalar_t* gi = grad_input + plane * in_plane;
-      const scalar_t* go = grad_output + plane * out_plane;
-      std::fill(gi, gi + in_plane, scalar_t(0));
-      for (int64_t oh = 0; oh < p.out_h; ++oh) {
-        const pool::Span r = p.rows[oh];
-        for (int64_t ow = 0; ow < p.out_w; ++ow) {
-          const pool::Span c = p.cols[ow];
-          const scalar_t delta = go[oh * p.out_w + ow] / static_cast<scalar_t>(r.end - r.begin) /
-                                 static_cast<scalar_t>(c.end - c.begin);
-          for (int64_t ih = r.begin; ih < r.end; ++ih) {
-            scalar_t* row = gi + ih * p.in_w;
-            for (int64_t iw = c.begin; iw < c.end; ++iw) row[iw] += delta;
-          }
-        }
-      }
-    }
-}
-
-// NHWC: channels [c0, c1) of sample n.
-template <typename scalar_t>
-FASTCNN_SIMD_CLONES void adaptive_avg_pool_backward_nhwc_slice(const scalar_t* grad_output, scalar_t* grad_input,
-                                                               const AdaptivePlan& p, scalar_t* __restrict delta,
-                                                               int64_t n, int64_t c0, int64_t c1) {
-  const int64_t channels = p.channels, in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
-    pool::zero_nhwc_slice(grad_input, n, in_plane, channels, c0, c1);
-    const int64_t width = c1 - c0;
+  for (int64_t plane = begin; plane < end; ++plane) {
+    scalar_t* gi = grad_input + plane * in_plane;
+    const scalar_t* go = grad_output + plane * out_plane;
+    std::fill(gi, gi + in_plane, scalar_t(0));
     for (int64_t oh = 0; oh < p.out_h; ++oh) {
       const pool::Span r = p.rows[oh];
       for (int64_t ow = 0; ow < p.out_w; ++ow) {
         const pool::Span c = p.cols[ow];
-        const scalar_t kh = static_cast<scalar_t>(r.end - r.begin), kw = static_cast<scalar_t>(c.end - c.begin);
-        const scalar_t* go = grad_output + (n * out_plane + oh * p.out_w + ow) * channels + c0;
-        for (int64_t ch = 0; ch < width; ++ch) delta[ch] = go[ch] / kh / kw;
+        const scalar_t delta = go[oh * p.out_w + ow] / static_cast<scalar_t>(r.end - r.begin) /
+                               static_cast<scalar_t>(c.end - c.begin);
         for (int64_t ih = r.begin; ih < r.end; ++ih) {
-          for (int64_t iw = c.begin; iw < c.end; ++iw) {
-            scalar_t* __restrict gi = grad_input + ((n * p.in_h + ih) * p.in_w + iw) * channels + c0;
-            for (int64_t ch = 0; ch < width; ++ch) gi[ch] += delta[ch];
-          }
+          scalar_t* row = gi + ih * p.in_w;
+          for (int64_t iw = c.begin; iw < c.end; ++iw) row[iw] += delta;
         }
       }
     }
+  }
+}
+
+// NHWC: channels [c0, c1) of sample n.
+template <typename scalar_t>
+FASTCNN_SIMD_CLONES void adaptive_avg_pool_backward_nhwc_slice(const scalar_t* grad_output,
+                                                               scalar_t* grad_input, const AdaptivePlan& p,
+                                                               scalar_t* __restrict delta, int64_t n,
+                                                               int64_t c0, int64_t c1) {
+  const int64_t channels = p.channels, in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
+  pool::zero_nhwc_slice(grad_input, n, in_plane, channels, c0, c1);
+  const int64_t width = c1 - c0;
+  for (int64_t oh = 0; oh < p.out_h; ++oh) {
+    const pool::Span r = p.rows[oh];
+    for (int64_t ow = 0; ow < p.out_w; ++ow) {
+      const pool::Span c = p.cols[ow];
+      const scalar_t kh = static_cast<scalar_t>(r.end - r.begin), kw = static_cast<scalar_t>(c.end - c.begin);
+      const scalar_t* go = grad_output + (n * out_plane + oh * p.out_w + ow) * channels + c0;
+      for (int64_t ch = 0; ch < width; ++ch) delta[ch] = go[ch] / kh / kw;
+      for (int64_t ih = r.begin; ih < r.end; ++ih) {
+        for (int64_t iw = c.begin; iw < c.end; ++iw) {
+          scalar_t* __restrict gi = grad_input + ((n * p.in_h + ih) * p.in_w + iw) * channels + c0;
+          for (int64_t ch = 0; ch < width; ++ch) gi[ch] += delta[ch];
+        }
+      }
+    }
+  }
 }
 
 at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input) {
@@ -182,7 +187,8 @@ at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const
         adaptive_avg_pool_backward_nhwc_slice<scalar_t>(gop, gip, plan, delta.data(), n, c0, c1);
       });
     } else {
-      pool::parallel_planes(plan.batch * plan.channels, std::max(plan.in_h * plan.in_w, plan.out_h * plan.out_w),
+      pool::parallel_planes(plan.batch * plan.channels,
+                            std::max(plan.in_h * plan.in_w, plan.out_h * plan.out_w),
                             [&](int64_t begin, int64_t end) {
                               adaptive_avg_pool_backward_planes<scalar_t>(gop, gip, plan, begin, end);
                             });

@@ -18,8 +18,8 @@ namespace fastcnn {
 namespace {
 
 template <typename in_t, typename acc_t>
-void augment_affine_kernel(const in_t* in, const acc_t* theta, const acc_t* mean, const acc_t* std, acc_t* out,
-                           const augment::Geometry& g) {
+void augment_affine_kernel(const in_t* in, const acc_t* theta, const acc_t* mean, const acc_t* std,
+                           acc_t* out, const augment::Geometry& g) {
   at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.out_h, oy = row % g.out_h;
@@ -59,6 +59,8 @@ at::Tensor augment_affine_cpu(const at::Tensor& input, const at::Tensor& theta, 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastcnn, CPU, m) { m.impl("augment_affine", &augment_affine_cpu); }
+TORCH_LIBRARY_IMPL(fastcnn, CPU, m) {
+  m.impl("augment_affine", &augment_affine_cpu);
+}
 
 }  // namespace fastcnn

@@ -45,7 +45,8 @@ AvgPoolPlan plan_avg_pool(const at::Tensor& input, at::IntArrayRef kernel_size, 
                           std::optional<int64_t> divisor_override) {
   const int64_t no_dilation[2] = {1, 1};
   AvgPoolPlan plan;
-  plan.shape = check_pool2d(input, kernel_size, stride, padding, no_dilation, ceil_mode, /*allow_reduced=*/false);
+  plan.shape =
+      check_pool2d(input, kernel_size, stride, padding, no_dilation, ceil_mode, /*allow_reduced=*/false);
   TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0,
               "fastcnn: divisor_override must be non-zero (or None), got 0");
   const Pool2dShape& s = plan.shape;
@@ -53,9 +54,8 @@ AvgPoolPlan plan_avg_pool(const at::Tensor& input, at::IntArrayRef kernel_size, 
       s.out_h, [&](int64_t o) { return pool::avg_pool_span(o, s.kernel_h, s.stride_h, s.pad_h, s.in_h); });
   plan.cols = pool::spans(
       s.out_w, [&](int64_t o) { return pool::avg_pool_span(o, s.kernel_w, s.stride_w, s.pad_w, s.in_w); });
-  plan.tap_cols = pool::spans(s.kernel_w, [&](int64_t kw) {
-    return pool::tap_span(kw - s.pad_w, s.stride_w, s.in_w, s.out_w);
-  });
+  plan.tap_cols = pool::spans(
+      s.kernel_w, [&](int64_t kw) { return pool::tap_span(kw - s.pad_w, s.stride_w, s.in_w, s.out_w); });
   plan.count_include_pad = count_include_pad;
   plan.divisor_override = divisor_override;
   return plan;
@@ -68,8 +68,8 @@ inline bool empty_window(const pool::AvgSpan& r, const pool::AvgSpan& c) {
 // NCHW: one output row at a time; each window tap is added across the whole row, so the inner loop
 // runs over output columns (vectorised) while each output still sums its taps in (row, column) order.
 template <int64_t kStride, typename scalar_t>
-FASTCNN_SIMD_CLONES void avg_pool_nchw_planes(const scalar_t* input, scalar_t* output, const AvgPoolPlan& plan,
-                                              int64_t begin, int64_t end) {
+FASTCNN_SIMD_CLONES void avg_pool_nchw_planes(const scalar_t* input, scalar_t* output,
+                                              const AvgPoolPlan& plan, int64_t begin, int64_t end) {
   const Pool2dShape& s = plan.shape;
   const int64_t in_w = s.in_w, in_plane = s.in_h * s.in_w, out_w = s.out_w, out_plane = s.out_h * s.out_w;
   const int64_t stride = kStride > 0 ? kStride : s.stride_w;
@@ -112,8 +112,8 @@ void avg_pool_nchw(const scalar_t* input, scalar_t* output, const AvgPoolPlan& p
 
 // NHWC: output pixels [begin, end) of the flattened (n, oh, ow) range, inner loop over channels.
 template <typename scalar_t>
-FASTCNN_SIMD_CLONES void avg_pool_nhwc_pixels(const scalar_t* input, scalar_t* output, const AvgPoolPlan& plan,
-                                              int64_t begin, int64_t end) {
+FASTCNN_SIMD_CLONES void avg_pool_nhwc_pixels(const scalar_t* input, scalar_t* output,
+                                              const AvgPoolPlan& plan, int64_t begin, int64_t end) {
   const Pool2dShape& s = plan.shape;
   const int64_t channels = s.channels, in_w = s.in_w, out_w = s.out_w, out_h = s.out_h;
   for (int64_t t = begin; t < end; ++t) {
@@ -142,8 +142,9 @@ FASTCNN_SIMD_CLONES void avg_pool_nhwc_pixels(const scalar_t* input, scalar_t* o
 template <typename scalar_t>
 void avg_pool_nhwc(const scalar_t* input, scalar_t* output, const AvgPoolPlan& plan) {
   const Pool2dShape& s = plan.shape;
-  at::parallel_for(0, s.batch * s.out_h * s.out_w, pool::grain_for(s.channels * s.kernel_h * s.kernel_w),
-                   [&](int64_t begin, int64_t end) { avg_pool_nhwc_pixels<scalar_t>(input, output, plan, begin, end); });
+  at::parallel_for(
+      0, s.batch * s.out_h * s.out_w, pool::grain_for(s.channels * s.kernel_h * s.kernel_w),
+      [&](int64_t begin, int64_t end) { avg_pool_nhwc_pixels<scalar_t>(input, output, plan, begin, end); });
 }
 
 at::Tensor avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
@@ -224,8 +225,8 @@ FASTCNN_SIMD_CLONES void avg_pool_backward_nhwc_slice(const scalar_t* grad_outpu
 }
 
 at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                   bool ceil_mode, bool count_include_pad,
+                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                    std::optional<int64_t> divisor_override) {
   const AvgPoolPlan plan =
       plan_avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);

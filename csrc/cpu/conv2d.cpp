@@ -169,8 +169,8 @@ void col2im_nhwc(const Geometry& g, const T* col, int64_t c_off, int64_t p0, int
 // NCHW: col[(c, kh, kw), p - p0], rows of (p1 - p0) contiguous elements. xn points at the group's first
 // channel plane. kCol2im selects col2im (scatter-add into the planes) instead of im2col.
 template <typename T, bool kCol2im>
-void nchw_col_pass(const Geometry& g, std::conditional_t<kCol2im, T*, const T*> planes, int64_t p0, int64_t p1,
-                   std::conditional_t<kCol2im, const T*, T*> col) {
+void nchw_col_pass(const Geometry& g, std::conditional_t<kCol2im, T*, const T*> planes, int64_t p0,
+                   int64_t p1, std::conditional_t<kCol2im, const T*, T*> col) {
   const int64_t rows = p1 - p0;
   for (int64_t c = 0; c < g.Cg; ++c) {
     for (int64_t kh = 0; kh < g.KH; ++kh) {
@@ -301,8 +301,9 @@ void conv_forward_nhwc(const Geometry& g, const T* x, const T* w, const T* bias,
 }
 
 // NCHW: per (sample, pixel chunk), the chunk's im2col block is gathered from zero-padded planes straight
-// into [pixels / nr][K][nr] panels (1x1 stride-1 convs pack the planes themselves) and C[OCg, pixels] = W[OCg, K] @ panels, with the
-// weight rows read in place and the per-channel bias / residual / activation fused into the tiles.
+// into [pixels / nr][K][nr] panels (1x1 stride-1 convs pack the planes themselves) and C[OCg, pixels] =
+// W[OCg, K] @ panels, with the weight rows read in place and the per-channel bias / residual / activation
+// fused into the tiles.
 template <typename T>
 void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias, const T* res, T* out,
                        Activation act) {
@@ -373,8 +374,8 @@ void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias,
         ep.res_ld = g.P;
         ep.act = act;
         cpu::gemm_tiles<T>(
-            g.OCg, rows, 1, nullptr, g.K, [&](int64_t i) { return w_g + i * g.K; }, panels.data(), out + block,
-            g.P, ep, /*panels_outer=*/false);
+            g.OCg, rows, 1, nullptr, g.K, [&](int64_t i) { return w_g + i * g.K; }, panels.data(),
+            out + block, g.P, ep, /*panels_outer=*/false);
       }
     }
   });
@@ -388,19 +389,20 @@ struct BackwardArgs {
   const T* grad_out;  // dense, input's memory format
   const T* out;       // forward output, only when act != None
   const T* x;
-  const T* w;  // [OC, K], K ordered (kh, kw, c) for NHWC and (c, kh, kw) for NCHW
-  const T* w_t;  // NCHW only: [groups, K, OCg], the transpose dgrad reads row by row
-  T* grad_in;  // null when not requested; zero-filled by the caller unless the conv is direct
+  const T* w;          // [OC, K], K ordered (kh, kw, c) for NHWC and (c, kh, kw) for NCHW
+  const T* w_t;        // NCHW only: [groups, K, OCg], the transpose dgrad reads row by row
+  T* grad_in;          // null when not requested; zero-filled by the caller unless the conv is direct
   T* weight_partials;  // [slots, OC * K], zero-filled; null when not requested
   T* bias_partials;    // [slots, OC], zero-filled; null when not requested
   Activation act;
 };
 
-// One task (n, pixels [p0, p1); NHWC may pass p0 = 0, p1 = k * P for k whole samples). grad_target is where this slot's col2im lands (grad_in or a private
-// buffer); direct convolutions write grad_in rows themselves, which no other task touches.
+// One task (n, pixels [p0, p1); NHWC may pass p0 = 0, p1 = k * P for k whole samples). grad_target is where
+// this slot's col2im lands (grad_in or a private buffer); direct convolutions write grad_in rows themselves,
+// which no other task touches.
 template <typename T>
-void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, int64_t n, int64_t p0, int64_t p1,
-                    T* grad_target, std::vector<T>& col, std::vector<T>& gp_buffer) {
+void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, int64_t n, int64_t p0,
+                    int64_t p1, T* grad_target, std::vector<T>& col, std::vector<T>& gp_buffer) {
   const int64_t rows = p1 - p0;
   const bool has_act = a.act != Activation::None;
   T* wpart = a.weight_partials ? a.weight_partials + slot * g.OC * g.K : nullptr;
@@ -408,8 +410,8 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
     const int64_t offset = (n * g.P + p0) * g.OC;
     const T* gp = a.grad_out + offset;
     if (has_act) {
-      cpu::grad_pre_block<T>(a.grad_out + offset, g.OC, a.out + offset, g.OC, gp_buffer.data(), g.OC, rows, g.OC,
-                             a.act);
+      cpu::grad_pre_block<T>(a.grad_out + offset, g.OC, a.out + offset, g.OC, gp_buffer.data(), g.OC, rows,
+                             g.OC, a.act);
       gp = gp_buffer.data();
     }
     if (a.bias_partials) cpu::add_column_sums<T>(gp, g.OC, rows, g.OC, a.bias_partials + slot * g.OC);
@@ -431,7 +433,8 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
           src = col.data();
           ld = g.K;
         }
-        cpu::gemm<T>(true, false, g.OCg, g.K, rows, gp_g, g.OC, src, ld, wpart + grp * g.OCg * g.K, g.K, true);
+        cpu::gemm<T>(true, false, g.OCg, g.K, rows, gp_g, g.OC, src, ld, wpart + grp * g.OCg * g.K, g.K,
+                     true);
       }
       if (a.grad_in) {
         if (g.direct) {
@@ -450,8 +453,8 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
     const T* gp = a.grad_out + offset;
     int64_t ldgp = g.P;
     if (has_act) {
-      cpu::grad_pre_block<T>(a.grad_out + offset, g.P, a.out + offset, g.P, gp_buffer.data(), rows, g.OC, rows,
-                             a.act);
+      cpu::grad_pre_block<T>(a.grad_out + offset, g.P, a.out + offset, g.P, gp_buffer.data(), rows, g.OC,
+                             rows, a.act);
       gp = gp_buffer.data();
       ldgp = rows;
     }
@@ -468,12 +471,13 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
           src = col.data();
           ld = rows;
         }
-        cpu::gemm<T>(false, true, g.OCg, g.K, rows, gp_g, ldgp, src, ld, wpart + grp * g.OCg * g.K, g.K, true);
+        cpu::gemm<T>(false, true, g.OCg, g.K, rows, gp_g, ldgp, src, ld, wpart + grp * g.OCg * g.K, g.K,
+                     true);
       }
       if (a.grad_in) {
         if (g.direct) {
-          cpu::gemm<T>(false, false, g.Cg, rows, g.OCg, wt_g, g.OCg, gp_g, ldgp, a.grad_in + plane_offset + p0, g.HW,
-                       false);
+          cpu::gemm<T>(false, false, g.Cg, rows, g.OCg, wt_g, g.OCg, gp_g, ldgp,
+                       a.grad_in + plane_offset + p0, g.HW, false);
         } else {
           cpu::gemm<T>(false, false, g.K, rows, g.OCg, wt_g, g.OCg, gp_g, ldgp, col.data(), rows, false);
           nchw_col_pass<T, true>(g, grad_target + plane_offset, p0, p1, col.data());
@@ -487,8 +491,9 @@ template <typename T>
 void conv_backward_gemm(const Geometry& g, const BackwardArgs<T>& a, int64_t slots, bool sample_owned,
                         T* private_grads) {
   // NHWC with small planes: a task takes several whole samples, so wgrad's reduction is long enough.
-  const int64_t samples_per_task =
-      sample_owned && g.channels_last && g.chunks_per_sample == 1 ? std::max<int64_t>(1, kMinChunkPixels / g.P) : 1;
+  const int64_t samples_per_task = sample_owned && g.channels_last && g.chunks_per_sample == 1
+                                       ? std::max<int64_t>(1, kMinChunkPixels / g.P)
+                                       : 1;
   const int64_t max_rows = samples_per_task * ((g.P + g.chunks_per_sample - 1) / g.chunks_per_sample);
   const int64_t units = sample_owned ? g.N : g.num_tasks();
   cpu::for_each_slot(units, slots, [&](int64_t slot, int64_t u_begin, int64_t u_end) {
@@ -497,7 +502,8 @@ void conv_backward_gemm(const Geometry& g, const BackwardArgs<T>& a, int64_t slo
     std::vector<T> gp_buffer;
     if (a.act != Activation::None) gp_buffer.resize(max_rows * g.OC);
     T* target = a.grad_in;
-    if (!sample_owned && slot > 0 && private_grads != nullptr) target = private_grads + (slot - 1) * g.N * g.HW * g.C;
+    if (!sample_owned && slot > 0 && private_grads != nullptr)
+      target = private_grads + (slot - 1) * g.N * g.HW * g.C;
     const int64_t t_begin = sample_owned ? u_begin * g.chunks_per_sample : u_begin;
     const int64_t t_end = sample_owned ? u_end * g.chunks_per_sample : u_end;
     if (samples_per_task > 1) {
@@ -522,7 +528,8 @@ template <typename T>
 void depthwise_forward_nhwc(const Geometry& g, const T* x, const T* wt, const T* bias, const T* res, T* out,
                             Activation act) {
   // Geometry copied into locals so the channel loops see loop-invariant bounds and vectorise.
-  const int64_t C = g.C, OC = g.OC, mult = OC / C, H = g.H, W = g.W, OH = g.OH, OW = g.OW, KH = g.KH, KW = g.KW;
+  const int64_t C = g.C, OC = g.OC, mult = OC / C, H = g.H, W = g.W, OH = g.OH, OW = g.OW, KH = g.KH,
+                KW = g.KW;
   const int64_t sh = g.sh, sw = g.sw, ph = g.ph, pw = g.pw, dh = g.dh, dw = g.dw;
   at::parallel_for(0, g.N * OH, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
@@ -587,8 +594,8 @@ void depthwise_forward_nchw(const Geometry& g, const T* x, const T* w, const T* 
           }
         }
       }
-      cpu::apply_epilogue<T>(o, g.P, 1, g.P, nullptr, bias ? bias + oc : nullptr, res ? res + t * g.P : nullptr,
-                             g.P, act);
+      cpu::apply_epilogue<T>(o, g.P, 1, g.P, nullptr, bias ? bias + oc : nullptr,
+                             res ? res + t * g.P : nullptr, g.P, act);
     }
   });
 }
@@ -597,7 +604,8 @@ void depthwise_forward_nchw(const Geometry& g, const T* x, const T* w, const T* 
 // its output channels, so there are no races and no partial sums to reduce. wt is [KH * KW, OC];
 // grad_in is zero-filled; grad_w_t is [KH * KW, OC].
 template <typename T>
-void depthwise_backward_nhwc(const Geometry& g, const BackwardArgs<T>& a, const T* wt, T* grad_w_t, T* grad_b) {
+void depthwise_backward_nhwc(const Geometry& g, const BackwardArgs<T>& a, const T* wt, T* grad_w_t,
+                             T* grad_b) {
   const int64_t mult = g.OC / g.C;
   const int64_t threads = at::get_num_threads();
   const int64_t block = std::max<int64_t>(16, ((g.C + threads - 1) / threads + 15) / 16 * 16);
@@ -674,7 +682,8 @@ void depthwise_backward_nchw(const Geometry& g, const BackwardArgs<T>& a, T* gra
           const int64_t oc = c * mult + j;
           const T* gp = a.grad_out + (n * g.OC + oc) * g.P;
           if (a.act != Activation::None) {
-            cpu::grad_pre_block<T>(gp, 0, a.out + (n * g.OC + oc) * g.P, 0, gp_buffer.data(), 0, 1, g.P, a.act);
+            cpu::grad_pre_block<T>(gp, 0, a.out + (n * g.OC + oc) * g.P, 0, gp_buffer.data(), 0, 1, g.P,
+                                   a.act);
             gp = gp_buffer.data();
           }
           if (grad_b) {
@@ -721,9 +730,10 @@ void depthwise_backward_nchw(const Geometry& g, const BackwardArgs<T>& a, T* gra
 // ---------------------------------------------------------------------------------------------------
 // Entry points.
 
-at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                      int64_t activation, const std::optional<at::Tensor>& residual) {
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                      at::IntArrayRef dilation, int64_t groups, int64_t activation,
+                      const std::optional<at::Tensor>& residual) {
   const Activation act = to_activation(activation);
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, false);
   const std::vector<int64_t> out_sizes{s.batch, s.out_channels, s.out_h, s.out_w};
@@ -810,7 +820,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     w = weight.contiguous();
   }
 
-  at::Tensor grad_input = at::empty({0}, opts), grad_weight = at::empty({0}, opts), grad_bias = at::empty({0}, opts);
+  at::Tensor grad_input = at::empty({0}, opts), grad_weight = at::empty({0}, opts),
+             grad_bias = at::empty({0}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastcnn_conv2d_backward_cpu", [&] {
     BackwardArgs<scalar_t> a{};
@@ -875,8 +886,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       bias_partials = at::zeros({slots, s.out_channels}, opts);
       a.bias_partials = bias_partials.mutable_data_ptr<scalar_t>();
     }
-    conv_backward_gemm<scalar_t>(g, a, slots, sample_owned,
-                                 private_grads.defined() ? private_grads.mutable_data_ptr<scalar_t>() : nullptr);
+    conv_backward_gemm<scalar_t>(
+        g, a, slots, sample_owned,
+        private_grads.defined() ? private_grads.mutable_data_ptr<scalar_t>() : nullptr);
     if (private_grads.defined()) {
       // grad_input += private buffers, in slot order.
       scalar_t* gi = a.grad_in;
@@ -894,8 +906,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       at::Tensor gw = at::empty({s.out_channels * g.K}, opts);
       cpu::reduce_partials<scalar_t>(weight_partials.const_data_ptr<scalar_t>(), slots, s.out_channels * g.K,
                                      s.out_channels * g.K, gw.mutable_data_ptr<scalar_t>());
-      grad_weight = nhwc ? gw.view({s.out_channels, s.kernel_h, s.kernel_w, g.Cg}).permute({0, 3, 1, 2}).contiguous()
-                         : gw.view(weight.sizes());
+      grad_weight =
+          nhwc ? gw.view({s.out_channels, s.kernel_h, s.kernel_w, g.Cg}).permute({0, 3, 1, 2}).contiguous()
+               : gw.view(weight.sizes());
     }
     if (need_bias) {
       grad_bias = at::empty({s.out_channels}, opts);

@@ -54,8 +54,8 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* 
 // The epilogue templated on the activation and on which addends exist, so the inner loop is a
 // branch-free, vectorisable sweep over a contiguous row.
 template <typename T, Activation A, bool kColBias, bool kResidual>
-FASTCNN_SIMD_CLONES void epilogue_impl(T* out, int64_t ld, int64_t rows, int64_t cols, const T* col_bias, const T* row_bias,
-                   const T* residual, int64_t res_ld) {
+FASTCNN_SIMD_CLONES void epilogue_impl(T* out, int64_t ld, int64_t rows, int64_t cols, const T* col_bias,
+                                       const T* row_bias, const T* residual, int64_t res_ld) {
   for (const auto r : c10::irange(rows)) {
     T* __restrict__ o = out + r * ld;
     const T* __restrict__ res = kResidual ? residual + r * res_ld : nullptr;
@@ -104,8 +104,8 @@ void apply_epilogue(T* out, int64_t ld, int64_t rows, int64_t cols, const T* col
 }
 
 template <typename T, Activation A>
-FASTCNN_SIMD_CLONES void grad_pre_impl(const T* g, int64_t g_ld, const T* y, int64_t y_ld, T* gp, int64_t gp_ld, int64_t rows,
-                   int64_t cols) {
+FASTCNN_SIMD_CLONES void grad_pre_impl(const T* g, int64_t g_ld, const T* y, int64_t y_ld, T* gp,
+                                       int64_t gp_ld, int64_t rows, int64_t cols) {
   for (const auto r : c10::irange(rows)) {
     const T* __restrict__ gr = g + r * g_ld;
     const T* __restrict__ yr = y + r * y_ld;

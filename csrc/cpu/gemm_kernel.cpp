@@ -136,10 +136,12 @@ template <typename T>
 KernelSet<T> select_kernels(Isa isa) {
 #ifdef FASTCNN_X86
   if constexpr (std::is_same_v<T, float>) {
-    if (isa == Isa::Avx512) return avx512::make_kernel_set<avx512::OpsF, 2>(std::make_integer_sequence<int, 14>{});
+    if (isa == Isa::Avx512)
+      return avx512::make_kernel_set<avx512::OpsF, 2>(std::make_integer_sequence<int, 14>{});
     if (isa == Isa::Avx2) return avx2::make_kernel_set<avx2::OpsF, 2>(std::make_integer_sequence<int, 6>{});
   } else {
-    if (isa == Isa::Avx512) return avx512::make_kernel_set<avx512::OpsD, 2>(std::make_integer_sequence<int, 14>{});
+    if (isa == Isa::Avx512)
+      return avx512::make_kernel_set<avx512::OpsD, 2>(std::make_integer_sequence<int, 14>{});
     if (isa == Isa::Avx2) return avx2::make_kernel_set<avx2::OpsD, 2>(std::make_integer_sequence<int, 6>{});
   }
 #endif

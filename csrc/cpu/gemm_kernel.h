@@ -32,8 +32,8 @@ struct MicroArgs {
   const T* b;              // packed panel [k][nr]
   T* c;
   int64_t ldc;
-  int64_t nr_valid;  // columns of the tile that exist (<= nr)
-  bool accumulate;   // C += instead of C =
+  int64_t nr_valid;   // columns of the tile that exist (<= nr)
+  bool accumulate;    // C += instead of C =
   const T* col_bias;  // at the tile's first column, or null
   const T* row_bias;  // at the tile's first row, or null
   const T* residual;  // at the tile's origin, or null
@@ -103,8 +103,9 @@ struct Epilogue {
 // the A tiles, right when A is the small operand); otherwise A tiles outside (an A tile reused over all
 // panels, right when the whole packed B fits in L2).
 template <typename T, typename RowPtr>
-void gemm_tiles(int64_t m, int64_t n, int64_t taps, const int64_t* tap_off, int64_t run, const RowPtr& row_ptr,
-                const T* packed_b, T* c, int64_t ldc, const Epilogue<T>& ep, bool panels_outer) {
+void gemm_tiles(int64_t m, int64_t n, int64_t taps, const int64_t* tap_off, int64_t run,
+                const RowPtr& row_ptr, const T* packed_b, T* c, int64_t ldc, const Epilogue<T>& ep,
+                bool panels_outer) {
   if (m <= 0 || n <= 0) return;
   const KernelSet<T>& ks = kernels<T>();
   const int64_t nr = ks.nr, k = taps * run;

@@ -38,13 +38,16 @@ LinearShape check_linear(const at::Tensor& input, const at::Tensor& weight,
                          const std::optional<at::Tensor>& bias) {
   check_floating(input, "input", /*allow_reduced=*/false);
   check_same_dtype_device(weight, input, "weight", "input");
-  TORCH_CHECK(input.dim() >= 1, "fastcnn: linear input must have at least 1 dimension [*, in_features], got a ",
-              input.dim(), "-D tensor");
+  TORCH_CHECK(input.dim() >= 1,
+              "fastcnn: linear input must have at least 1 dimension [*, in_features], got a ", input.dim(),
+              "-D tensor");
   check_dim(weight, 2, "weight", "out_features, in_features");
   TORCH_CHECK(input.size(-1) == weight.size(1), "fastcnn: linear input's last dimension (", input.size(-1),
               ") must equal weight's in_features (weight shape ", weight.sizes(), ")");
-  TORCH_CHECK(weight.size(1) > 0, "fastcnn: linear weight has no input features (shape ", weight.sizes(), ")");
-  TORCH_CHECK(weight.size(0) > 0, "fastcnn: linear weight has no output features (shape ", weight.sizes(), ")");
+  TORCH_CHECK(weight.size(1) > 0, "fastcnn: linear weight has no input features (shape ", weight.sizes(),
+              ")");
+  TORCH_CHECK(weight.size(0) > 0, "fastcnn: linear weight has no output features (shape ", weight.sizes(),
+              ")");
   if (bias.has_value() && bias->defined()) {
     check_same_dtype_device(*bias, input, "bias", "input");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "fastcnn: bias must have shape [",
@@ -63,8 +66,8 @@ std::vector<int64_t> output_sizes(const at::Tensor& input, int64_t out_features)
   return sizes;
 }
 
-at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      int64_t activation) {
+at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias, int64_t activation) {
   const Activation act = to_activation(activation);
   const LinearShape s = check_linear(input, weight, bias);
   const at::Tensor x = input.reshape({s.rows, s.in_features}).contiguous();
@@ -100,8 +103,8 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
         } else {
           scalar_t* block = op + lo;
           cpu::gemm<scalar_t>(false, true, s.rows, hi - lo, K, xp, K, wp + lo * K, K, block, N, false);
-          cpu::apply_epilogue<scalar_t>(block, N, s.rows, hi - lo, bp ? bp + lo : nullptr, nullptr, nullptr, 0,
-                                        act);
+          cpu::apply_epilogue<scalar_t>(block, N, s.rows, hi - lo, bp ? bp + lo : nullptr, nullptr, nullptr,
+                                        0, act);
         }
       }
     });
@@ -109,12 +112,9 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Tensor& grad_output,
-                                                                   const at::Tensor& input,
-                                                                   const at::Tensor& weight,
-                                                                   const std::optional<at::Tensor>& output,
-                                                                   int64_t activation,
-                                                                   std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& output, int64_t activation, std::array<bool, 3> output_mask) {
   const Activation act = to_activation(activation);
   const LinearShape s = check_linear(input, weight, std::nullopt);
   check_same_dtype_device(grad_output, input, "grad_output", "input");
@@ -151,7 +151,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
   const bool keep_grad_pre = has_act && need_weight;
   at::Tensor grad_pre = keep_grad_pre ? at::empty({M, N}, opts) : (has_act ? at::Tensor() : g);
   const bool row_pass = need_input || need_bias || keep_grad_pre;
-  const int64_t num_tasks = std::max<int64_t>(1, std::min<int64_t>(M / kMinRowChunk, 64 * at::get_num_threads()));
+  const int64_t num_tasks =
+      std::max<int64_t>(1, std::min<int64_t>(M / kMinRowChunk, 64 * at::get_num_threads()));
   const int64_t slots = cpu::num_slots(num_tasks);
   at::Tensor bias_partials = need_bias ? at::zeros({slots, N}, opts) : at::Tensor();
 
@@ -178,7 +179,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
             gp = dst;
           }
           if (need_bias) {
-            cpu::add_column_sums<scalar_t>(gp, N, rows, N, bias_partials.mutable_data_ptr<scalar_t>() + slot * N);
+            cpu::add_column_sums<scalar_t>(gp, N, rows, N,
+                                           bias_partials.mutable_data_ptr<scalar_t>() + slot * N);
           }
           if (need_input) {
             cpu::gemm<scalar_t>(false, false, rows, K, N, gp, N, wptr, K,

@@ -1,14 +1,15 @@
 // CPU max_pool2d (with int64 argmax indices) and its backward.
 // Algorithm: forward folds window taps into running maxima in the window's (row, column) order; a tap
 // wins if it is greater than the running max or is NaN, so NaN propagates and the index of the last NaN
-// is kept, as in ATen. NCHW folds each tap across a whole output row at once so the loop vectorises. Backward zeroes grad_input and adds each grad_output element
-// at its saved index; the work is split so that every grad_input element has one owner (whole (n, c)
-// planes for NCHW, (sample, channel block) slices for NHWC), so overlapping windows need no atomics.
-// Layout: NCHW (threads over planes) or channels_last (threads over output pixels, inner loop over the
-// contiguous channels, vectorised, with the running argmax kept in a same-width integer buffer).
-// Measured (1 thread, float32, vs torch 2.14 max_pool2d_with_indices and its backward; 2-core AMD EPYC
-// Zen 5 shared with other jobs, so take as approximate): [8,64,112,112] 3/2/1 NCHW fwd 8.4 ms (torch
-// 41.7, 5.0x faster), bwd 1.9 ms (2.4, 1.3x); channels_last fwd 4.4 ms (4.8, 1.1x), bwd 3.9 ms (5.3, 1.4x).
+// is kept, as in ATen. NCHW folds each tap across a whole output row at once so the loop vectorises. Backward
+// zeroes grad_input and adds each grad_output element at its saved index; the work is split so that every
+// grad_input element has one owner (whole (n, c) planes for NCHW, (sample, channel block) slices for NHWC),
+// so overlapping windows need no atomics. Layout: NCHW (threads over planes) or channels_last (threads over
+// output pixels, inner loop over the contiguous channels, vectorised, with the running argmax kept in a
+// same-width integer buffer). Measured (1 thread, float32, vs torch 2.14 max_pool2d_with_indices and its
+// backward; 2-core AMD EPYC Zen 5 shared with other jobs, so take as approximate): [8,64,112,112] 3/2/1 NCHW
+// fwd 8.4 ms (torch 41.7, 5.0x faster), bwd 1.9 ms (2.4, 1.3x); channels_last fwd 4.4 ms (4.8, 1.1x), bwd 3.9
+// ms (5.3, 1.4x).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -48,8 +49,9 @@ MaxPoolPlan plan_max_pool(const Pool2dShape& s) {
 // Folds one kernel tap into a row of running maxima: output o reads taps[o * stride + offset]. The
 // outputs are independent, so the loop vectorises; a constant stride (1 or 2) lets it use plain loads.
 template <int64_t kStride, typename scalar_t, typename index_t>
-inline void fold_row_tap(const scalar_t* __restrict row, scalar_t* __restrict best, index_t* __restrict best_index,
-                         int64_t row_index, int64_t offset, int64_t runtime_stride, pool::Span outs) {
+inline void fold_row_tap(const scalar_t* __restrict row, scalar_t* __restrict best,
+                         index_t* __restrict best_index, int64_t row_index, int64_t offset,
+                         int64_t runtime_stride, pool::Span outs) {
   const int64_t stride = kStride > 0 ? kStride : runtime_stride;
   for (int64_t o = outs.begin; o < outs.end; ++o) {
     const int64_t iw = o * stride + offset;
@@ -86,8 +88,8 @@ FASTCNN_SIMD_CLONES void max_pool_nchw_planes(const scalar_t* input, scalar_t* o
       }
       for (int64_t ih = r.begin; ih < r.end; ih += s.dilation_h) {
         for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-          fold_row_tap<kStride>(x + ih * in_w, best, best_index, ih * in_w, kw * s.dilation_w - s.pad_w, s.stride_w,
-                                plan.tap_cols[kw]);
+          fold_row_tap<kStride>(x + ih * in_w, best, best_index, ih * in_w, kw * s.dilation_w - s.pad_w,
+                                s.stride_w, plan.tap_cols[kw]);
         }
       }
       if constexpr (!std::is_same_v<index_t, int64_t>) {
@@ -100,24 +102,24 @@ FASTCNN_SIMD_CLONES void max_pool_nchw_planes(const scalar_t* input, scalar_t* o
 template <typename scalar_t, typename index_t>
 void max_pool_nchw(const scalar_t* input, scalar_t* output, int64_t* indices, const MaxPoolPlan& plan) {
   const Pool2dShape& s = plan.s;
-  pool::parallel_planes(s.batch * s.channels, s.out_h * s.out_w * s.kernel_h * s.kernel_w,
-                        [&](int64_t begin, int64_t end) {
-                          std::vector<index_t> scratch(std::is_same_v<index_t, int64_t> ? 0 : s.out_w);
-                          index_t* narrow = scratch.data();
-                          if (s.stride_w == 1) {
-                            max_pool_nchw_planes<1, scalar_t, index_t>(input, output, indices, plan, narrow, begin, end);
-                          } else if (s.stride_w == 2) {
-                            max_pool_nchw_planes<2, scalar_t, index_t>(input, output, indices, plan, narrow, begin, end);
-                          } else {
-                            max_pool_nchw_planes<0, scalar_t, index_t>(input, output, indices, plan, narrow, begin, end);
-                          }
-                        });
+  pool::parallel_planes(
+      s.batch * s.channels, s.out_h * s.out_w * s.kernel_h * s.kernel_w, [&](int64_t begin, int64_t end) {
+        std::vector<index_t> scratch(std::is_same_v<index_t, int64_t> ? 0 : s.out_w);
+        index_t* narrow = scratch.data();
+        if (s.stride_w == 1) {
+          max_pool_nchw_planes<1, scalar_t, index_t>(input, output, indices, plan, narrow, begin, end);
+        } else if (s.stride_w == 2) {
+          max_pool_nchw_planes<2, scalar_t, index_t>(input, output, indices, plan, narrow, begin, end);
+        } else {
+          max_pool_nchw_planes<0, scalar_t, index_t>(input, output, indices, plan, narrow, begin, end);
+        }
+      });
 }
 
 // One window tap folded into a pixel's running max over all channels.
 template <typename scalar_t, typename index_t>
-inline void fold_tap(const scalar_t* __restrict tap, scalar_t* __restrict best, index_t* __restrict best_index,
-                     index_t tap_index, int64_t channels) {
+inline void fold_tap(const scalar_t* __restrict tap, scalar_t* __restrict best,
+                     index_t* __restrict best_index, index_t tap_index, int64_t channels) {
   for (int64_t c = 0; c < channels; ++c) {
     const scalar_t v = tap[c];
     const bool take = (v > best[c]) | (v != v);
@@ -149,8 +151,8 @@ FASTCNN_SIMD_CLONES void max_pool_nhwc_pixels(const scalar_t* input, scalar_t* o
     for (int64_t ih = r.begin; ih < r.end; ih += s.dilation_h) {
       const scalar_t* row = input + (n * s.in_h + ih) * in_w * channels;
       for (int64_t iw = c.begin; iw < c.end; iw += s.dilation_w) {
-        fold_tap<scalar_t, index_t>(row + iw * channels, best, best_index, static_cast<index_t>(ih * in_w + iw),
-                                    channels);
+        fold_tap<scalar_t, index_t>(row + iw * channels, best, best_index,
+                                    static_cast<index_t>(ih * in_w + iw), channels);
       }
     }
     if constexpr (!std::is_same_v<index_t, int64_t>) {
@@ -167,8 +169,8 @@ void max_pool_nhwc(const scalar_t* input, scalar_t* output, int64_t* indices, co
   at::parallel_for(0, s.batch * s.out_h * s.out_w, pool::grain_for(s.channels * s.kernel_h * s.kernel_w),
                    [&](int64_t begin, int64_t end) {
                      std::vector<index_t> scratch(std::is_same_v<index_t, int64_t> ? 0 : s.channels);
-                     max_pool_nhwc_pixels<scalar_t, index_t>(input, output, indices, plan, scratch.data(), begin,
-                                                             end);
+                     max_pool_nhwc_pixels<scalar_t, index_t>(input, output, indices, plan, scratch.data(),
+                                                             begin, end);
                    });
 }
 
@@ -190,9 +192,11 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
     int64_t* ip = indices.mutable_data_ptr<int64_t>();
     const bool channels_last = pool::is_channels_last(fmt);
     if (sizeof(scalar_t) == 4 && narrow_fits) {
-      channels_last ? max_pool_nhwc<scalar_t, int32_t>(xp, yp, ip, plan) : max_pool_nchw<scalar_t, int32_t>(xp, yp, ip, plan);
+      channels_last ? max_pool_nhwc<scalar_t, int32_t>(xp, yp, ip, plan)
+                    : max_pool_nchw<scalar_t, int32_t>(xp, yp, ip, plan);
     } else {
-      channels_last ? max_pool_nhwc<scalar_t, int64_t>(xp, yp, ip, plan) : max_pool_nchw<scalar_t, int64_t>(xp, yp, ip, plan);
+      channels_last ? max_pool_nhwc<scalar_t, int64_t>(xp, yp, ip, plan)
+                    : max_pool_nchw<scalar_t, int64_t>(xp, yp, ip, plan);
     }
   });
   return {output, indices};
@@ -232,9 +236,9 @@ FASTCNN_SIMD_CLONES bool max_pool_backward_planes(const scalar_t* grad_output, c
 // has no dependences.
 template <typename scalar_t>
 FASTCNN_SIMD_CLONES bool max_pool_backward_nhwc_slice(const scalar_t* grad_output, const int64_t* indices,
-                                                      scalar_t* grad_input, int64_t channels, int64_t in_plane,
-                                                      int64_t out_plane, int64_t n, int64_t c0, int64_t c1,
-                                                      int64_t* bad) {
+                                                      scalar_t* grad_input, int64_t channels,
+                                                      int64_t in_plane, int64_t out_plane, int64_t n,
+                                                      int64_t c0, int64_t c1, int64_t* bad) {
   pool::zero_nhwc_slice(grad_input, n, in_plane, channels, c0, c1);
   scalar_t* gi = grad_input + n * in_plane * channels;
   for (int64_t o = 0; o < out_plane; ++o) {
@@ -256,10 +260,10 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
                                    const at::Tensor& indices) {
   pool::check_pool_input(input);
   pool::check_grad_output(grad_output, input, -1, -1);
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "fastcnn: indices must be int64 (as max_pool2d returns them), got ",
-              indices.scalar_type());
-  TORCH_CHECK(indices.device() == input.device(), "fastcnn: indices is on ", indices.device(), " but input is on ",
-              input.device());
+  TORCH_CHECK(indices.scalar_type() == at::kLong,
+              "fastcnn: indices must be int64 (as max_pool2d returns them), got ", indices.scalar_type());
+  TORCH_CHECK(indices.device() == input.device(), "fastcnn: indices is on ", indices.device(),
+              " but input is on ", input.device());
   TORCH_CHECK(indices.sizes() == grad_output.sizes(), "fastcnn: indices must have grad_output's shape ",
               grad_output.sizes(), ", got ", indices.sizes());
   const auto fmt = output_memory_format(input);
@@ -275,7 +279,8 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
     if (pool::is_channels_last(fmt)) {
       pool::parallel_nhwc_slices(batch, channels, [&](int64_t n, int64_t c0, int64_t c1) {
         int64_t bad = 0;
-        if (!max_pool_backward_nhwc_slice<scalar_t>(gop, ip, gip, channels, in_plane, out_plane, n, c0, c1, &bad)) {
+        if (!max_pool_backward_nhwc_slice<scalar_t>(gop, ip, gip, channels, in_plane, out_plane, n, c0, c1,
+                                                    &bad)) {
           bad_index(bad, in_plane);
         }
       });

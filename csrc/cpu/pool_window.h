@@ -19,7 +19,6 @@
 namespace fastcnn {
 namespace pool {
 
-
 // Elements of work a parallel_for chunk should at least carry before another thread is worth waking.
 constexpr int64_t kGrain = 32768;
 
@@ -94,7 +93,9 @@ inline scalar_t sum_contiguous(const scalar_t* __restrict x, int64_t n) {
   return total;
 }
 
-inline bool is_channels_last(at::MemoryFormat fmt) { return fmt == at::MemoryFormat::ChannelsLast; }
+inline bool is_channels_last(at::MemoryFormat fmt) {
+  return fmt == at::MemoryFormat::ChannelsLast;
+}
 
 inline at::Tensor empty_4d(const at::Tensor& like, int64_t n, int64_t c, int64_t h, int64_t w,
                            at::MemoryFormat fmt) {
@@ -161,7 +162,8 @@ void zero_nhwc_slice(scalar_t* data, int64_t n, int64_t pixels, int64_t channels
     std::fill(base, base + pixels * channels, scalar_t(0));
     return;
   }
-  for (int64_t p = 0; p < pixels; ++p) std::fill(base + p * channels + c0, base + p * channels + c1, scalar_t(0));
+  for (int64_t p = 0; p < pixels; ++p)
+    std::fill(base + p * channels + c0, base + p * channels + c1, scalar_t(0));
 }
 
 }  // namespace pool

@@ -59,17 +59,29 @@ at::Tensor augment_affine_cuda(const at::Tensor& input, const at::Tensor& theta,
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   switch (in_dtype) {
-    case at::kByte: launch(uint8_t{}, float{}); break;
-    case at::kFloat: launch(float{}, float{}); break;
-    case at::kDouble: launch(double{}, double{}); break;
-    case at::kHalf: launch(c10::Half{}, float{}); break;
-    default: launch(c10::BFloat16{}, float{}); break;
+    case at::kByte:
+      launch(uint8_t{}, float{});
+      break;
+    case at::kFloat:
+      launch(float{}, float{});
+      break;
+    case at::kDouble:
+      launch(double{}, double{});
+      break;
+    case at::kHalf:
+      launch(c10::Half{}, float{});
+      break;
+    default:
+      launch(c10::BFloat16{}, float{});
+      break;
   }
   return b.output;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastcnn, CUDA, m) { m.impl("augment_affine", &augment_affine_cuda); }
+TORCH_LIBRARY_IMPL(fastcnn, CUDA, m) {
+  m.impl("augment_affine", &augment_affine_cuda);
+}
 
 }  // namespace fastcnn

@@ -197,17 +197,12 @@ at::Tensor avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcnn_avg_pool2d_cuda", [&] {
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     scalar_t* out = output.mutable_data_ptr<scalar_t>();
-    constexpr int kWidth = cuda::kVecWidth<scalar_t>;
     if (fmt == at::MemoryFormat::ChannelsLast) {
-      if (s.channels % kWidth == 0 && cuda::is_aligned16(in) && cuda::is_aligned16(out)) {
-        const int64_t items = total / kWidth;
-        avg_pool_forward_nhwc_kernel<scalar_t, kWidth>
+      cuda::launch_nhwc_channel_vectors<scalar_t>(s.channels, total, in, out, [&](auto width, int64_t items) {
+        avg_pool_forward_nhwc_kernel<scalar_t, decltype(width)::value>
             <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(in, out, items, s, count_include_pad,
                                                                         divisor);
-      } else {
-        avg_pool_forward_nhwc_kernel<scalar_t, 1><<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(
-            in, out, total, s, count_include_pad, divisor);
-      }
+      });
     } else {
       avg_pool_forward_nchw_kernel<scalar_t><<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(
           in, out, total, s, count_include_pad, divisor);
@@ -241,18 +236,13 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_avg_pool2d_backward_cuda", [&] {
         const scalar_t* g = go.const_data_ptr<scalar_t>();
         scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
-        constexpr int kWidth = cuda::kVecWidth<scalar_t>;
         if (fmt == at::MemoryFormat::ChannelsLast) {
-          if (s.channels % kWidth == 0 && cuda::is_aligned16(g) && cuda::is_aligned16(gi)) {
-            const int64_t items = total / kWidth;
-            avg_pool_backward_nhwc_kernel<scalar_t, kWidth>
-                <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(g, gi, items, s,
-                                                                            count_include_pad, divisor);
-          } else {
-            avg_pool_backward_nhwc_kernel<scalar_t, 1>
-                <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(g, gi, total, s,
-                                                                            count_include_pad, divisor);
-          }
+          cuda::launch_nhwc_channel_vectors<scalar_t>(
+              s.channels, total, g, gi, [&](auto width, int64_t items) {
+                avg_pool_backward_nhwc_kernel<scalar_t, decltype(width)::value>
+                    <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(g, gi, items, s,
+                                                                                count_include_pad, divisor);
+              });
         } else {
           avg_pool_backward_nchw_kernel<scalar_t><<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(
               g, gi, total, s, count_include_pad, divisor);

@@ -13,8 +13,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -32,9 +32,13 @@ namespace {
 
 constexpr int64_t kInt32Max = INT32_MAX;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
-bool aligned_to(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
+bool aligned_to(const void* ptr, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+}
 
 // The kernels keep image extents, channel counts and per-group K in int32 (offsets are int64).
 void check_int32_geometry(const Conv2dShape& s) {
@@ -43,8 +47,8 @@ void check_int32_geometry(const Conv2dShape& s) {
                     s.in_channels <= kInt32Max && s.out_channels <= kInt32Max &&
                     s.kernel_h * s.kernel_w * std::max(cg, ocg) <= kInt32Max && s.groups <= 65535;
   TORCH_CHECK(fits, "fastcnn: conv2d geometry too large for the CUDA kernels (input ", s.in_h, "x", s.in_w,
-              ", output ", s.out_h, "x", s.out_w, ", channels ", s.in_channels, "->", s.out_channels, ", kernel ",
-              s.kernel_h, "x", s.kernel_w, ", groups ", s.groups, ")");
+              ", output ", s.out_h, "x", s.out_w, ", channels ", s.in_channels, "->", s.out_channels,
+              ", kernel ", s.kernel_h, "x", s.kernel_w, ", groups ", s.groups, ")");
 }
 
 GemmParams geometry_params(const Conv2dShape& s) {
@@ -73,9 +77,9 @@ GemmParams geometry_params(const Conv2dShape& s) {
 // ---- split reductions -----------------------------------------------------------------------------------
 
 template <typename T, typename acc_t>
-__global__ void reduce_weight_splits_kernel(const acc_t* __restrict__ partials, T* __restrict__ out, int64_t count,
-                                            int64_t splits, int64_t split_stride, int cg, int kernel_h,
-                                            int kernel_w) {
+__global__ void reduce_weight_splits_kernel(const acc_t* __restrict__ partials, T* __restrict__ out,
+                                            int64_t count, int64_t splits, int64_t split_stride, int cg,
+                                            int kernel_h, int kernel_w) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < count; idx += step) {
     int64_t t = idx;
@@ -98,8 +102,9 @@ constexpr int kColSumThreadsX = 32, kColSumThreadsY = 8;
 
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kColSumThreadsX* kColSumThreadsY)
-    channel_partial_sum_kernel(const T* __restrict__ grad_output, const T* __restrict__ output, int activation,
-                               int64_t rows, int64_t channels, int64_t rows_per_split, acc_t* __restrict__ partials) {
+    channel_partial_sum_kernel(const T* __restrict__ grad_output, const T* __restrict__ output,
+                               int activation, int64_t rows, int64_t channels, int64_t rows_per_split,
+                               acc_t* __restrict__ partials) {
   __shared__ acc_t partial[kColSumThreadsY][kColSumThreadsX];
   const Activation act = static_cast<Activation>(activation);
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kColSumThreadsX + threadIdx.x;
@@ -147,8 +152,8 @@ void launch_gemm(GemmParams p, const at::Tensor& like, const at::Tensor& grad_we
               " is too large for one launch");
   at::Tensor workspace;
   if constexpr (kMode == GemmMode::kWgrad) {
-    const int64_t splits = choose_wgrad_splits(tiles_m * tiles_n * p.groups, k_tiles, p.groups,
-                                               gemm_sm_count());
+    const int64_t splits =
+        choose_wgrad_splits(tiles_m * tiles_n * p.groups, k_tiles, p.groups, gemm_sm_count());
     p.splits = static_cast<int>(splits);
     p.k_tiles_per_split = ceil_div(k_tiles, splits);
     const int64_t slice = static_cast<int64_t>(p.groups) * p.M * p.N;
@@ -175,7 +180,8 @@ void launch_gemm(GemmParams p, const at::Tensor& like, const at::Tensor& grad_we
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   if constexpr (kMode == GemmMode::kWgrad) {
-    reduce_weight_splits(workspace, p.splits, p.ep.split_stride, grad_weight, p.in_cg, s.kernel_h, s.kernel_w);
+    reduce_weight_splits(workspace, p.splits, p.ep.split_stride, grad_weight, p.in_cg, s.kernel_h,
+                         s.kernel_w);
   }
 }
 
@@ -195,7 +201,8 @@ void run_gemm(const GemmParams& p, bool allow_tf32, const at::Tensor& like, cons
         return;
       }
     } else {
-      TORCH_CHECK(has_mma, "fastcnn: float16/bfloat16 convolution needs compute capability 8.0 or newer, got ",
+      TORCH_CHECK(has_mma,
+                  "fastcnn: float16/bfloat16 convolution needs compute capability 8.0 or newer, got ",
                   cc_major, ".x");
     }
     const int64_t big_blocks = ceil_div(p.M, 128) * ceil_div(p.N, 128) * p.groups;
@@ -208,20 +215,21 @@ void run_gemm(const GemmParams& p, bool allow_tf32, const at::Tensor& like, cons
 }
 
 template <GemmMode kMode>
-void dispatch_gemm(const GemmParams& p, bool allow_tf32, const at::Tensor& like, const at::Tensor& grad_weight,
-                   const Conv2dShape& s) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "fastcnn_conv_gemm", [&] {
-    run_gemm<scalar_t, kMode>(p, allow_tf32, like, grad_weight, s);
-  });
+void dispatch_gemm(const GemmParams& p, bool allow_tf32, const at::Tensor& like,
+                   const at::Tensor& grad_weight, const Conv2dShape& s) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "fastcnn_conv_gemm",
+                                  [&] { run_gemm<scalar_t, kMode>(p, allow_tf32, like, grad_weight, s); });
 }
 
-const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
+const void* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr() : nullptr;
+}
 
 }  // namespace
 
 void conv_gemm_forward(const at::Tensor& input, const at::Tensor& weight_ohwi, const at::Tensor& bias,
-                       const at::Tensor& residual, const at::Tensor& output, const Conv2dShape& s, Activation act,
-                       bool allow_tf32) {
+                       const at::Tensor& residual, const at::Tensor& output, const Conv2dShape& s,
+                       Activation act, bool allow_tf32) {
   check_int32_geometry(s);
   const int64_t vec = 16 / input.element_size();
   GemmParams p = geometry_params(s);
@@ -264,7 +272,8 @@ void conv_gemm_dgrad(const at::Tensor& grad_output, const at::Tensor& output, co
   p.ep.row_group_stride = 0;
   p.ep.col_group_stride = p.in_cg;
   p.ep.activation = 0;
-  p.ep.pair_ok = s.in_channels % 2 == 0 && p.in_cg % 2 == 0 && aligned_to(p.ep.out, 2 * grad_output.element_size());
+  p.ep.pair_ok =
+      s.in_channels % 2 == 0 && p.in_cg % 2 == 0 && aligned_to(p.ep.out, 2 * grad_output.element_size());
   dispatch_gemm<GemmMode::kDgrad>(p, allow_tf32, grad_output, at::Tensor(), s);
 }
 
@@ -289,8 +298,8 @@ void conv_gemm_wgrad(const at::Tensor& grad_output, const at::Tensor& output, co
   dispatch_gemm<GemmMode::kWgrad>(p, allow_tf32, grad_output, grad_weight, s);
 }
 
-void reduce_weight_splits(const at::Tensor& partials, int64_t splits, int64_t split_stride, const at::Tensor& out,
-                          int64_t cg, int64_t kernel_h, int64_t kernel_w) {
+void reduce_weight_splits(const at::Tensor& partials, int64_t splits, int64_t split_stride,
+                          const at::Tensor& out, int64_t cg, int64_t kernel_h, int64_t kernel_w) {
   const int64_t count = out.numel();
   if (count == 0) return;
   const int threads = 256;
@@ -317,36 +326,43 @@ void channel_grad_sum(const at::Tensor& grad_output, const at::Tensor& output, c
   splits = std::min({splits, std::max<int64_t>(1, ceil_div(rows, 64)), int64_t{1024}});
   const int64_t rows_per_split = std::max<int64_t>(1, ceil_div(rows, splits));
   splits = std::max<int64_t>(1, ceil_div(rows, rows_per_split));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fastcnn_bias_grad", [&] {
-    using acc_t = AccType<scalar_t>;
-    at::Tensor partials =
-        at::empty({splits * channels}, grad_output.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(splits));
-    const dim3 block(kColSumThreadsX, kColSumThreadsY);
-    channel_partial_sum_kernel<scalar_t, acc_t><<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        grad_output.const_data_ptr<scalar_t>(),
-        act != Activation::None ? output.const_data_ptr<scalar_t>() : nullptr, static_cast<int>(act), rows,
-        channels, rows_per_split, partials.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    reduce_weight_splits(partials, splits, channels, grad_bias, 1, 1, 1);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fastcnn_bias_grad", [&] {
+        using acc_t = AccType<scalar_t>;
+        at::Tensor partials = at::empty({splits * channels},
+                                        grad_output.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(splits));
+        const dim3 block(kColSumThreadsX, kColSumThreadsY);
+        channel_partial_sum_kernel<scalar_t, acc_t><<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            grad_output.const_data_ptr<scalar_t>(),
+            act != Activation::None ? output.const_data_ptr<scalar_t>() : nullptr, static_cast<int>(act),
+            rows, channels, rows_per_split, partials.mutable_data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        reduce_weight_splits(partials, splits, channels, grad_bias, 1, 1, 1);
+      });
 }
 
 namespace {
 
-bool allow_tf32_conv() { return at::globalContext().allowTF32CuDNN(at::Float32Op::CONV); }
+bool allow_tf32_conv() {
+  return at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
+}
 
-bool is_depthwise(const Conv2dShape& s) { return s.groups > 1 && s.in_channels == s.groups; }
+bool is_depthwise(const Conv2dShape& s) {
+  return s.groups > 1 && s.in_channels == s.groups;
+}
 
 at::Tensor defined_or_empty(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? *t : at::Tensor();
 }
 
-at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                       int64_t activation, const std::optional<at::Tensor>& residual) {
+at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, int64_t groups, int64_t activation,
+                       const std::optional<at::Tensor>& residual) {
   const Activation act = to_activation(activation);
-  const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, /*allow_reduced=*/true);
+  const Conv2dShape s =
+      check_conv2d(input, weight, bias, stride, padding, dilation, groups, /*allow_reduced=*/true);
   TORCH_CHECK(input.is_cuda(), "fastcnn: conv2d CUDA kernel got input on ", input.device());
   const std::array<int64_t, 4> out_sizes{s.batch, s.out_channels, s.out_h, s.out_w};
   check_residual(residual, input, out_sizes);
@@ -359,8 +375,8 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
   if (is_depthwise(s)) {
     const at::Tensor x = input.contiguous(fmt);
     at::Tensor y = at::empty(out_sizes, input.options().memory_format(fmt));
-    depthwise_conv2d_forward(x, weight.contiguous(), bias_c, res.defined() ? res.contiguous(fmt) : res, y, s, act,
-                             fmt == at::MemoryFormat::ChannelsLast);
+    depthwise_conv2d_forward(x, weight.contiguous(), bias_c, res.defined() ? res.contiguous(fmt) : res, y, s,
+                             act, fmt == at::MemoryFormat::ChannelsLast);
     return y;
   }
   const auto cl = at::MemoryFormat::ChannelsLast;

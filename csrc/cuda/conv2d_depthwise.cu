@@ -32,9 +32,10 @@ struct DepthwiseParams {
 
 DepthwiseParams depthwise_params(const Conv2dShape& s) {
   const int64_t limit = INT32_MAX;
-  TORCH_CHECK(s.batch <= limit && s.in_channels <= limit && s.out_channels <= limit && s.in_h * s.in_w <= limit &&
-                  s.out_h * s.out_w <= limit && s.kernel_h * s.kernel_w <= 65535 &&
-                  s.in_h * s.in_w * s.in_channels <= limit && s.out_h * s.out_w * s.out_channels <= limit &&
+  TORCH_CHECK(s.batch <= limit && s.in_channels <= limit && s.out_channels <= limit &&
+                  s.in_h * s.in_w <= limit && s.out_h * s.out_w <= limit &&
+                  s.kernel_h * s.kernel_w <= 65535 && s.in_h * s.in_w * s.in_channels <= limit &&
+                  s.out_h * s.out_w * s.out_channels <= limit &&
                   s.out_channels * s.kernel_h * s.kernel_w <= limit,
               "fastcnn: depthwise conv2d geometry too large for the CUDA kernels");
   DepthwiseParams p{};
@@ -59,7 +60,9 @@ DepthwiseParams depthwise_params(const Conv2dShape& s) {
 
 constexpr int kThreads = 256;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 // (per-image element blocks, images) for the NHWC element-wise kernels, about 32 blocks per SM in all.
 dim3 image_grid(int64_t per_image, int64_t batch) {
@@ -70,8 +73,8 @@ dim3 image_grid(int64_t per_image, int64_t batch) {
 }
 
 template <typename T, typename acc_t>
-__device__ __forceinline__ acc_t epilogue_value(acc_t v, const T* bias, const T* residual, int oc, int64_t idx,
-                                                Activation act) {
+__device__ __forceinline__ acc_t epilogue_value(acc_t v, const T* bias, const T* residual, int oc,
+                                                int64_t idx, Activation act) {
   if (bias != nullptr) v += static_cast<acc_t>(bias[oc]);
   if (residual != nullptr) v += static_cast<acc_t>(residual[idx]);
   return activate<acc_t>(v, act);
@@ -82,8 +85,8 @@ __device__ __forceinline__ acc_t epilogue_value(acc_t v, const T* bias, const T*
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     depthwise_forward_nhwc_kernel(const T* __restrict__ input, const T* __restrict__ weight_t,
-                                  const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ output,
-                                  const DepthwiseParams p, int activation) {
+                                  const T* __restrict__ bias, const T* __restrict__ residual,
+                                  T* __restrict__ output, const DepthwiseParams p, int activation) {
   using acc_t = AccType<T>;
   const Activation act = static_cast<Activation>(activation);
   const int per_image = p.out_h * p.out_w * p.out_c;
@@ -116,8 +119,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     depthwise_forward_nchw_kernel(const T* __restrict__ input, const T* __restrict__ weight,
-                                  const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ output,
-                                  const DepthwiseParams p, int activation) {
+                                  const T* __restrict__ bias, const T* __restrict__ residual,
+                                  T* __restrict__ output, const DepthwiseParams p, int activation) {
   using acc_t = AccType<T>;
   extern __shared__ __align__(16) unsigned char filter_raw[];
   acc_t* filter = reinterpret_cast<acc_t*>(filter_raw);
@@ -144,7 +147,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int kw = 0; kw < p.kernel_w; ++kw) {
         const int ix = ox * p.stride_w - p.pad_w + kw * p.dilation_w;
         if (ix < 0 || ix >= p.in_w) continue;
-        acc += static_cast<acc_t>(image[static_cast<int64_t>(iy) * p.in_w + ix]) * filter[kh * p.kernel_w + kw];
+        acc +=
+            static_cast<acc_t>(image[static_cast<int64_t>(iy) * p.in_w + ix]) * filter[kh * p.kernel_w + kw];
       }
     }
     const int64_t idx = plane * plane_size + o;
@@ -156,8 +160,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     depthwise_dgrad_nhwc_kernel(const T* __restrict__ grad_output, const T* __restrict__ output,
-                                const T* __restrict__ weight, T* __restrict__ grad_input, const DepthwiseParams p,
-                                int activation) {
+                                const T* __restrict__ weight, T* __restrict__ grad_input,
+                                const DepthwiseParams p, int activation) {
   using acc_t = AccType<T>;
   const Activation act = static_cast<Activation>(activation);
   const int per_image = p.in_h * p.in_w * p.in_c;
@@ -202,8 +206,8 @@ constexpr int kWgradThreadsX = 32, kWgradThreadsY = 8;
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kWgradThreadsX* kWgradThreadsY)
     depthwise_wgrad_nhwc_kernel(const T* __restrict__ grad_output, const T* __restrict__ output,
-                                const T* __restrict__ input, acc_t* __restrict__ partials, const DepthwiseParams p,
-                                int activation, int64_t pixels_per_split) {
+                                const T* __restrict__ input, acc_t* __restrict__ partials,
+                                const DepthwiseParams p, int activation, int64_t pixels_per_split) {
   __shared__ acc_t partial[kWgradThreadsY][kWgradThreadsX];
   const Activation act = static_cast<Activation>(activation);
   const int oc = blockIdx.x * kWgradThreadsX + threadIdx.x;
@@ -236,7 +240,8 @@ __global__ void __launch_bounds__(kWgradThreadsX* kWgradThreadsY)
 #pragma unroll
     for (int i = 0; i < kWgradThreadsY; ++i) total += partial[i][threadIdx.x];
     const int64_t taps = static_cast<int64_t>(p.kernel_h) * p.kernel_w;
-    partials[static_cast<int64_t>(blockIdx.z) * p.out_c * taps + static_cast<int64_t>(oc) * taps + tap] = total;
+    partials[static_cast<int64_t>(blockIdx.z) * p.out_c * taps + static_cast<int64_t>(oc) * taps + tap] =
+        total;
   }
 }
 
@@ -252,41 +257,49 @@ void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                               Activation act, bool channels_last) {
   const DepthwiseParams p = depthwise_params(s);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_depthwise_forward", [&] {
-    using acc_t = AccType<scalar_t>;
-    if (channels_last) {
-      const at::Tensor weight_t = weight.reshape({s.out_channels, s.kernel_h * s.kernel_w}).t().contiguous();
-      depthwise_forward_nhwc_kernel<scalar_t><<<image_grid(s.out_h * s.out_w * s.out_channels, s.batch), kThreads, 0,
-                                                 stream>>>(
-          input.const_data_ptr<scalar_t>(), weight_t.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias),
-          data_or_null<scalar_t>(residual), output.mutable_data_ptr<scalar_t>(), p, static_cast<int>(act));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else {
-      const size_t filter_bytes = static_cast<size_t>(s.kernel_h * s.kernel_w) * sizeof(acc_t);
-      TORCH_CHECK(filter_bytes <= 48 * 1024, "fastcnn: depthwise kernel ", s.kernel_h, "x", s.kernel_w,
-                  " is too large for the NCHW CUDA kernel; use channels_last input");
-      const int64_t planes = s.batch * s.out_channels;
-      TORCH_CHECK(planes <= INT32_MAX, "fastcnn: too many output planes (", planes, ") for the depthwise kernel");
-      const int64_t chunks = std::min<int64_t>(ceil_div(s.out_h * s.out_w, kThreads), 65535);
-      const dim3 grid(static_cast<unsigned>(planes), static_cast<unsigned>(chunks));
-      depthwise_forward_nchw_kernel<scalar_t><<<grid, kThreads, filter_bytes, stream>>>(
-          input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias),
-          data_or_null<scalar_t>(residual), output.mutable_data_ptr<scalar_t>(), p, static_cast<int>(act));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_depthwise_forward", [&] {
+        using acc_t = AccType<scalar_t>;
+        if (channels_last) {
+          const at::Tensor weight_t =
+              weight.reshape({s.out_channels, s.kernel_h * s.kernel_w}).t().contiguous();
+          depthwise_forward_nhwc_kernel<scalar_t>
+              <<<image_grid(s.out_h * s.out_w * s.out_channels, s.batch), kThreads, 0, stream>>>(
+                  input.const_data_ptr<scalar_t>(), weight_t.const_data_ptr<scalar_t>(),
+                  data_or_null<scalar_t>(bias), data_or_null<scalar_t>(residual),
+                  output.mutable_data_ptr<scalar_t>(), p, static_cast<int>(act));
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        } else {
+          const size_t filter_bytes = static_cast<size_t>(s.kernel_h * s.kernel_w) * sizeof(acc_t);
+          TORCH_CHECK(filter_bytes <= 48 * 1024, "fastcnn: depthwise kernel ", s.kernel_h, "x", s.kernel_w,
+                      " is too large for the NCHW CUDA kernel; use channels_last input");
+          const int64_t planes = s.batch * s.out_channels;
+          TORCH_CHECK(planes <= INT32_MAX, "fastcnn: too many output planes (", planes,
+                      ") for the depthwise kernel");
+          const int64_t chunks = std::min<int64_t>(ceil_div(s.out_h * s.out_w, kThreads), 65535);
+          const dim3 grid(static_cast<unsigned>(planes), static_cast<unsigned>(chunks));
+          depthwise_forward_nchw_kernel<scalar_t><<<grid, kThreads, filter_bytes, stream>>>(
+              input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+              data_or_null<scalar_t>(bias), data_or_null<scalar_t>(residual),
+              output.mutable_data_ptr<scalar_t>(), p, static_cast<int>(act));
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
 }
 
 void depthwise_conv2d_dgrad(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& weight,
                             const at::Tensor& grad_input, const Conv2dShape& s, Activation act) {
   const DepthwiseParams p = depthwise_params(s);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fastcnn_depthwise_dgrad", [&] {
-    depthwise_dgrad_nhwc_kernel<scalar_t><<<image_grid(s.in_h * s.in_w * s.in_channels, s.batch), kThreads, 0,
-                                            c10::cuda::getCurrentCUDAStream()>>>(
-        grad_output.const_data_ptr<scalar_t>(), act != Activation::None ? output.const_data_ptr<scalar_t>() : nullptr,
-        weight.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), p, static_cast<int>(act));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fastcnn_depthwise_dgrad", [&] {
+        depthwise_dgrad_nhwc_kernel<scalar_t><<<image_grid(s.in_h * s.in_w * s.in_channels, s.batch),
+                                                kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            grad_output.const_data_ptr<scalar_t>(),
+            act != Activation::None ? output.const_data_ptr<scalar_t>() : nullptr,
+            weight.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), p,
+            static_cast<int>(act));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
 }
 
 void depthwise_conv2d_wgrad(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,
@@ -301,20 +314,23 @@ void depthwise_conv2d_wgrad(const at::Tensor& grad_output, const at::Tensor& out
   splits = std::min({splits, std::max<int64_t>(1, ceil_div(pixels, 64)), int64_t{65535}});
   const int64_t pixels_per_split = ceil_div(pixels, splits);
   splits = ceil_div(pixels, pixels_per_split);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fastcnn_depthwise_wgrad", [&] {
-    using acc_t = AccType<scalar_t>;
-    const int64_t slice = s.out_channels * taps;
-    at::Tensor partials =
-        at::empty({splits * slice}, grad_output.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(taps), static_cast<unsigned>(splits));
-    const dim3 block(kWgradThreadsX, kWgradThreadsY);
-    depthwise_wgrad_nhwc_kernel<scalar_t, acc_t><<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        grad_output.const_data_ptr<scalar_t>(), act != Activation::None ? output.const_data_ptr<scalar_t>() : nullptr,
-        input.const_data_ptr<scalar_t>(), partials.mutable_data_ptr<acc_t>(), p, static_cast<int>(act),
-        pixels_per_split);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    reduce_weight_splits(partials, splits, slice, grad_weight, 1, s.kernel_h, s.kernel_w);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fastcnn_depthwise_wgrad", [&] {
+        using acc_t = AccType<scalar_t>;
+        const int64_t slice = s.out_channels * taps;
+        at::Tensor partials =
+            at::empty({splits * slice}, grad_output.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(taps),
+                        static_cast<unsigned>(splits));
+        const dim3 block(kWgradThreadsX, kWgradThreadsY);
+        depthwise_wgrad_nhwc_kernel<scalar_t, acc_t><<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            grad_output.const_data_ptr<scalar_t>(),
+            act != Activation::None ? output.const_data_ptr<scalar_t>() : nullptr,
+            input.const_data_ptr<scalar_t>(), partials.mutable_data_ptr<acc_t>(), p, static_cast<int>(act),
+            pixels_per_split);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        reduce_weight_splits(partials, splits, slice, grad_weight, 1, s.kernel_h, s.kernel_w);
+      });
 }
 
 }  // namespace cuda

@@ -41,13 +41,15 @@ LinearShape check_linear(const at::Tensor& input, const at::Tensor& weight) {
   s.in_features = input.size(-1);
   s.out_features = weight.size(0);
   TORCH_CHECK(weight.size(1) == s.in_features, "fastcnn: linear input has ", s.in_features,
-              " features but weight has shape ", weight.sizes(), " (expects [out_features, ", s.in_features, "])");
+              " features but weight has shape ", weight.sizes(), " (expects [out_features, ", s.in_features,
+              "])");
   s.rows = 1;
   for (int64_t d = 0; d + 1 < input.dim(); ++d) s.rows *= input.size(d);
   s.out_sizes.assign(input.sizes().begin(), input.sizes().end() - 1);
   s.out_sizes.push_back(s.out_features);
   TORCH_CHECK(s.in_features <= INT32_MAX && s.out_features <= INT32_MAX,
-              "fastcnn: linear features too large for the CUDA kernels (", s.in_features, " -> ", s.out_features, ")");
+              "fastcnn: linear features too large for the CUDA kernels (", s.in_features, " -> ",
+              s.out_features, ")");
   return s;
 }
 
@@ -67,10 +69,12 @@ Conv2dShape as_conv(const LinearShape& l) {
   return s;
 }
 
-bool allow_tf32_matmul() { return at::globalContext().allowTF32CuBLAS(); }
+bool allow_tf32_matmul() {
+  return at::globalContext().allowTF32CuBLAS();
+}
 
-at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                       int64_t activation) {
+at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, int64_t activation) {
   const Activation act = to_activation(activation);
   const LinearShape l = check_linear(input, weight);
   at::Tensor bias_c;
@@ -89,11 +93,9 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight, const 
   return output;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Tensor& grad_output,
-                                                                    const at::Tensor& input, const at::Tensor& weight,
-                                                                    const std::optional<at::Tensor>& output,
-                                                                    int64_t activation,
-                                                                    std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& output, int64_t activation, std::array<bool, 3> output_mask) {
   const Activation act = to_activation(activation);
   const LinearShape l = check_linear(input, weight);
   check_same_dtype_device(grad_output, input, "grad_output", "input");
@@ -101,8 +103,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Te
               at::IntArrayRef(l.out_sizes), ", got ", grad_output.sizes());
   at::Tensor y;
   if (act != Activation::None) {
-    TORCH_CHECK(output.has_value() && output->defined(), "fastcnn: linear_backward needs output when activation is ",
-                activation);
+    TORCH_CHECK(output.has_value() && output->defined(),
+                "fastcnn: linear_backward needs output when activation is ", activation);
     check_same_dtype_device(*output, input, "output", "input");
     TORCH_CHECK(output->sizes() == grad_output.sizes(), "fastcnn: output must have grad_output's shape ",
                 grad_output.sizes(), ", got ", output->sizes());

@@ -210,16 +210,11 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, at::
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     scalar_t* out = output.mutable_data_ptr<scalar_t>();
     int64_t* idx = indices.mutable_data_ptr<int64_t>();
-    constexpr int kWidth = cuda::kVecWidth<scalar_t>;
     if (fmt == at::MemoryFormat::ChannelsLast) {
-      if (s.channels % kWidth == 0 && cuda::is_aligned16(in) && cuda::is_aligned16(out)) {
-        const int64_t items = total / kWidth;
-        max_pool_forward_nhwc_kernel<scalar_t, kWidth>
+      cuda::launch_nhwc_channel_vectors<scalar_t>(s.channels, total, in, out, [&](auto width, int64_t items) {
+        max_pool_forward_nhwc_kernel<scalar_t, decltype(width)::value>
             <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(in, out, idx, items, s);
-      } else {
-        max_pool_forward_nhwc_kernel<scalar_t, 1>
-            <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(in, out, idx, total, s);
-      }
+      });
     } else {
       max_pool_forward_nchw_kernel<scalar_t>
           <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(in, out, idx, total, s);

@@ -15,10 +15,10 @@ namespace fastcnn {
 namespace cuda {
 
 struct EpilogueParams {
-  void* out;             // T output, or acc_t workspace when writing split-K partials
-  const void* bias;      // T [groups * N] indexed by the output column, or nullptr
-  const void* residual;  // T, indexed exactly like `out`, or nullptr
-  int64_t ldc;           // elements between consecutive output rows
+  void* out;                 // T output, or acc_t workspace when writing split-K partials
+  const void* bias;          // T [groups * N] indexed by the output column, or nullptr
+  const void* residual;      // T, indexed exactly like `out`, or nullptr
+  int64_t ldc;               // elements between consecutive output rows
   int64_t row_group_stride;  // rows added per group (wgrad: the group's out-channel block)
   int64_t col_group_stride;  // columns added per group (forward/dgrad: the group's channel block)
   int64_t split_stride;      // elements between the workspace slices of consecutive K splits

@@ -3,9 +3,10 @@
 // the tile loaders gather A and B straight from the NHWC tensors.
 //
 //   mode      M                 N              K                 A (gathered)          B
-//   forward   N*OH*OW pixels    OC/groups      KH*KW*Cg          input, (kh, kw, c)    weight [OC, KH, KW, Cg]
-//   dgrad     N*H*W pixels      C/groups       KH*KW*OCg         grad_out * act'(y)    weight [C, KH, KW, OCg]
-//   wgrad     OC/groups         KH*KW*Cg       N*OH*OW pixels    grad_out * act'(y)    input, (kh, kw, c)
+//   forward   N*OH*OW pixels    OC/groups      KH*KW*Cg          input, (kh, kw, c)    weight [OC, KH, KW,
+//   Cg] dgrad     N*H*W pixels      C/groups       KH*KW*OCg         grad_out * act'(y)    weight [C, KH, KW,
+//   OCg] wgrad     OC/groups         KH*KW*Cg       N*OH*OW pixels    grad_out * act'(y)    input, (kh, kw,
+//   c)
 //
 // Forward and dgrad operands are contiguous along K ("K-major"): shared-memory tiles are [rows][BK].
 // Wgrad operands are contiguous along M/N ("MN-major"): tiles are [BK][rows]. Either way a thread moves
@@ -44,12 +45,12 @@ struct GemmParams {
   int64_t k_tiles_per_split;  // BK-wide K tiles per split
   int in_h, in_w, in_c, out_h, out_w, out_c;
   int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
-  int in_cg, out_cg;      // channels per group
-  const void* a;          // forward: input; dgrad, wgrad: grad_output
-  const void* a_aux;      // dgrad, wgrad: the op's output y for act'(y); nullptr when no activation
-  const void* b;          // forward: weight [OC,KH,KW,Cg]; dgrad: weight [C,KH,KW,OCg]; wgrad: input
-  int grad_activation;    // activation whose derivative scales A as it is loaded (dgrad, wgrad)
-  bool a_vec, b_vec;      // the operand may be moved in aligned 16-byte chunks
+  int in_cg, out_cg;    // channels per group
+  const void* a;        // forward: input; dgrad, wgrad: grad_output
+  const void* a_aux;    // dgrad, wgrad: the op's output y for act'(y); nullptr when no activation
+  const void* b;        // forward: weight [OC,KH,KW,Cg]; dgrad: weight [C,KH,KW,OCg]; wgrad: input
+  int grad_activation;  // activation whose derivative scales A as it is loaded (dgrad, wgrad)
+  bool a_vec, b_vec;    // the operand may be moved in aligned 16-byte chunks
   EpilogueParams ep;
 };
 
@@ -165,7 +166,8 @@ struct TileLoader {
   }
 
   // MN-major column state: wgrad A columns are output channels, wgrad B columns are (kh, kw, c).
-  __device__ __forceinline__ void column_state(int col, int g, bool& ok, int64_t& off, int& dy, int& dx) const {
+  __device__ __forceinline__ void column_state(int col, int g, bool& ok, int64_t& off, int& dy,
+                                               int& dx) const {
     dy = 0;
     dx = 0;
     if constexpr (kIsA) {
@@ -238,7 +240,8 @@ struct TileLoader {
         const int iy = oy * p.stride_h + dy;
         const int ix = ox * p.stride_w + dx;
         if (iy < 0 || iy >= p.in_h || ix < 0 || ix >= p.in_w) return false;
-        off = (n * p.in_h + iy) * static_cast<int64_t>(p.in_w) * p.in_c + static_cast<int64_t>(ix) * p.in_c + coff;
+        off = (n * p.in_h + iy) * static_cast<int64_t>(p.in_w) * p.in_c + static_cast<int64_t>(ix) * p.in_c +
+              coff;
         return true;
       }
     }
@@ -345,8 +348,9 @@ struct GemmKernelTraits {
 // multiplied; the stage it goes to was last read in iteration kt - 1, which every thread has left through
 // that iteration's closing barrier, so the overwrite cannot race with a reader.
 template <typename Traits, typename LoaderA, typename LoaderB, typename Multiply>
-__device__ __forceinline__ void run_pipeline(LoaderA& load_a, LoaderB& load_b, typename LoaderA::Tile::Elem* smem,
-                                             int64_t kt_begin, int64_t kt_end, int g, Multiply& multiply_tile) {
+__device__ __forceinline__ void run_pipeline(LoaderA& load_a, LoaderB& load_b,
+                                             typename LoaderA::Tile::Elem* smem, int64_t kt_begin,
+                                             int64_t kt_end, int g, Multiply& multiply_tile) {
   constexpr int kBK = Traits::kBK;
   auto stage_a = [&](int s) { return smem + s * Traits::kStageElems; };
   auto stage_b = [&](int s) { return smem + s * Traits::kStageElems + Traits::TileA::kElems; };
@@ -428,7 +432,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) conv_gemm_kernel(const __gri
             if constexpr (Traits::kKMajor) {
               ldmatrix_x4(af[mi], As + TileA::offset(wm0 + mi * 16 + lane % 16, ks + (lane / 16) * 8));
             } else {
-              ldmatrix_x4_trans(af[mi], As + TileA::offset(wm0 + mi * 16 + (mat % 2) * 8, ks + (mat / 2) * 8 + j));
+              ldmatrix_x4_trans(af[mi],
+                                As + TileA::offset(wm0 + mi * 16 + (mat % 2) * 8, ks + (mat / 2) * 8 + j));
             }
           }
 #pragma unroll
@@ -482,8 +487,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) conv_gemm_kernel(const __gri
       for (int ni = 0; ni < kFragN; ++ni) {
         const int64_t row = m0 + wm0 + mi * 16 + lane_g;
         const int col = n0 + wn0 + ni * 8 + 2 * lane_t;
-        epilogue_store<T, acc_t, kMode == GemmMode::kWgrad>(p.ep, p.M, p.N, g, split, row, col, acc[mi][ni][0],
-                                                            acc[mi][ni][1], true);
+        epilogue_store<T, acc_t, kMode == GemmMode::kWgrad>(p.ep, p.M, p.N, g, split, row, col,
+                                                            acc[mi][ni][0], acc[mi][ni][1], true);
         epilogue_store<T, acc_t, kMode == GemmMode::kWgrad>(p.ep, p.M, p.N, g, split, row + 8, col,
                                                             acc[mi][ni][2], acc[mi][ni][3], true);
       }
@@ -548,13 +553,17 @@ inline int gemm_device_attribute(cudaDeviceAttr attr) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, c10::cuda::current_device()));
   return value;
 }
-inline int gemm_sm_count() { return gemm_device_attribute(cudaDevAttrMultiProcessorCount); }
-inline int gemm_cc_major() { return gemm_device_attribute(cudaDevAttrComputeCapabilityMajor); }
+inline int gemm_sm_count() {
+  return gemm_device_attribute(cudaDevAttrMultiProcessorCount);
+}
+inline int gemm_cc_major() {
+  return gemm_device_attribute(cudaDevAttrComputeCapabilityMajor);
+}
 
 // output = act(conv(input, weight) + bias + residual); weight is [OC, KH, KW, Cg] in memory.
 void conv_gemm_forward(const at::Tensor& input, const at::Tensor& weight_ohwi, const at::Tensor& bias,
-                       const at::Tensor& residual, const at::Tensor& output, const Conv2dShape& s, Activation act,
-                       bool allow_tf32);
+                       const at::Tensor& residual, const at::Tensor& output, const Conv2dShape& s,
+                       Activation act, bool allow_tf32);
 // grad_input from grad_output * act'(output); weight is [C, KH, KW, OCg] in memory.
 void conv_gemm_dgrad(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& weight_ihwo,
                      const at::Tensor& grad_input, const Conv2dShape& s, Activation act, bool allow_tf32);
@@ -564,10 +573,10 @@ void conv_gemm_wgrad(const at::Tensor& grad_output, const at::Tensor& output, co
 // grad_bias[c] = sum over rows r of act'(grad_output)[r, c], for a dense [rows, channels] grad_output.
 void channel_grad_sum(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& grad_bias,
                       int64_t rows, int64_t channels, Activation act);
-// out[oc, c, kh, kw] (contiguous) = sum over s of partials[s * split_stride + ((oc * KH + kh) * KW + kw) * Cg + c],
-// summed in split order so that the result does not depend on scheduling.
-void reduce_weight_splits(const at::Tensor& partials, int64_t splits, int64_t split_stride, const at::Tensor& out,
-                          int64_t cg, int64_t kernel_h, int64_t kernel_w);
+// out[oc, c, kh, kw] (contiguous) = sum over s of partials[s * split_stride + ((oc * KH + kh) * KW + kw) * Cg
+// + c], summed in split order so that the result does not depend on scheduling.
+void reduce_weight_splits(const at::Tensor& partials, int64_t splits, int64_t split_stride,
+                          const at::Tensor& out, int64_t cg, int64_t kernel_h, int64_t kernel_w);
 
 }  // namespace cuda
 }  // namespace fastcnn

@@ -6,6 +6,8 @@
 
 #include <c10/macros/Macros.h>
 
+#include <type_traits>
+
 #include <cstdint>
 
 #include "cuda/common/launch.cuh"
@@ -84,6 +86,20 @@ void launch_map(T* out, const T* a, const T* b, int64_t n, Op op) {
     map_kernel<T, 1, Binary><<<grid_for(n), kBlockThreads, 0, current_stream()>>>(out, a, b, n, op);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// For the NHWC kernels that give each thread a run of channels of one pixel (the pools): calls
+// launch(width, items) with width = std::integral_constant<int, kVecWidth<T>> and items = total / width
+// when the channel count and both pointers allow 16-byte vectors, else with width 1 and items = total.
+template <typename T, typename Launch>
+void launch_nhwc_channel_vectors(int64_t channels, int64_t total, const void* src, const void* dst,
+                                 Launch&& launch) {
+  constexpr int kWidth = kVecWidth<T>;
+  if (channels % kWidth == 0 && is_aligned16(src) && is_aligned16(dst)) {
+    launch(std::integral_constant<int, kWidth>{}, total / kWidth);
+  } else {
+    launch(std::integral_constant<int, 1>{}, total);
+  }
 }
 
 }  // namespace cuda
