@@ -11,7 +11,9 @@ Three contenders run every case on the same freshly drawn, non-zero random tenso
 Cases: every op over the conv layers of ResNet-50, VGG-16 and MobileNetV2 (``cnn_layers.json``) and at
 those networks' activation sizes (conv forward and backward, pooling, activations, the residual add,
 linear); conv+bias+ReLU and conv+bias+residual+ReLU fused against the unfused eager sequence; and
-ResNet-18/50 inference and one training step end to end.
+ResNet-18/50 inference and one training step end to end. ``--networks resnet18,xception`` add those
+networks' conv layers (conv and fused cases; ResNet-18's fused cases too); ``--layout both`` runs every
+case in NCHW and in channels_last.
 
 Timing. GPU: CUDA events around each call after a warm-up, the L2 cache overwritten before each call, the
 contenders alternating call by call (in reversed order every other round) so that clock or thermal drift
@@ -22,7 +24,8 @@ Reported per case: milliseconds per contender, ratios (PyTorch time / fastcnn ti
 is faster), achieved TFLOP/s (convs, linear) or GB/s (memory-bound ops, counting the fewest bytes the op
 must move), and the share of the device's ceilings measured in the same run: a large device-to-device
 copy (bytes read + written) for bandwidth and a large ``torch.mm`` for the FLOP rate. On the CPU a case
-whose tensors fit in the caches can pass 100% of the (DRAM) copy bandwidth.
+whose tensors fit in the caches can pass 100% of the (DRAM) copy bandwidth. The record's ``summary``
+holds, per (op, dtype, layout), the geomean, min and max of the ratios against each contender.
 """
 
 from __future__ import annotations
@@ -54,7 +57,12 @@ import fastcnn
 
 SCHEMA = "fastcnn-bench/1"
 CONTENDERS = ("fastcnn", "eager", "compile")
-NETWORKS = ("resnet50", "vgg16", "mobilenet_v2")
+NETWORKS = ("resnet50", "vgg16", "mobilenet_v2")  # the default selection
+#: Every network --networks accepts: conv layers come from cnn_layers.json; pooling, elementwise and
+#: linear cases exist for the NETWORKS only (the others contribute conv and fused cases).
+ALL_NETWORKS = (*NETWORKS, "resnet18", "xception")
+#: Networks whose conv layers carry a residual add: the fused conv+bias(+residual)+ReLU cases.
+RESIDUAL_NETWORKS = ("resnet50", "resnet18")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 RATIO_MEANING = "PyTorch time / fastcnn time: > 1 means fastcnn is faster"
 RESULTS_DIR = Path("benchmarks") / "results"
@@ -360,15 +368,17 @@ def conv_specs(
 
 def fused_specs(
     layers: dict[str, list[dict]],
+    networks: Sequence[str],
     per_network: int | None,
     batch: int,
     cfg: Config,
     device: torch.device,
     compile_mode: str | None,
 ) -> list[Spec]:
-    """conv+bias+ReLU and conv+bias+residual+ReLU (fastcnn: one kernel) over ResNet-50's conv layers."""
+    """conv+bias+ReLU and conv+bias+residual+ReLU (fastcnn: one kernel) over residual networks' conv
+    layers."""
     specs = []
-    for layer in spread(layers["resnet50"], per_network):
+    for net, layer in [(n, layer) for n in networks for layer in spread(layers[n], per_network)]:
         stride, padding, dilation, groups = _conv_params(layer)
 
         def bias_relu(layer=layer, stride=stride, padding=padding, dilation=dilation, groups=groups):
@@ -388,8 +398,8 @@ def fused_specs(
             return Built(op_contenders(fast, torch_conv_bias_residual_relu, args, compile_mode), flops=flops)
 
         label = _conv_label(layer)
-        specs.append(Spec("conv_bias_relu", "fused", "resnet50", label, batch, cfg, bias_relu))
-        specs.append(Spec("conv_bias_residual_relu", "fused", "resnet50", label, batch, cfg, residual_relu))
+        specs.append(Spec("conv_bias_relu", "fused", net, label, batch, cfg, bias_relu))
+        specs.append(Spec("conv_bias_residual_relu", "fused", net, label, batch, cfg, residual_relu))
     return specs
 
 
@@ -580,7 +590,7 @@ def elementwise_specs(
         ("tanh", 3, _fc.tanh, torch_tanh, torch_tanh_backward),
     ]
     for net in networks:
-        for size in spread(ACTIVATION_SIZES[net], per_network):
+        for size in spread(ACTIVATION_SIZES.get(net, []), per_network):
             label = _chw(size)
             for name, code, fast, eager, eager_backward in unary:
 
@@ -943,11 +953,13 @@ def configs_for(args: argparse.Namespace, device: torch.device, preset_name: str
             raise ValueError(f"--dtype: unknown dtype {name!r}; choose from {', '.join(DTYPES)}")
         if device.type == "cpu" and name in ("fp16", "bf16"):
             raise ValueError(f"--dtype {name}: fastcnn's CPU kernels take fp32 and fp64 only")
-        if args.layout == "auto":
-            channels_last = name in ("fp16", "bf16")
-        else:
-            channels_last = args.layout == "channels_last"
-        configs.append(Config(name, channels_last))
+        layouts = {
+            "auto": [name in ("fp16", "bf16")],
+            "nchw": [False],
+            "channels_last": [True],
+            "both": [False, True],
+        }[args.layout]
+        configs += [Config(name, channels_last) for channels_last in layouts]
     return configs
 
 
@@ -977,8 +989,8 @@ def build_specs(
     ops = set(select_ops(args.ops))
     networks = [n.strip() for n in args.networks.split(",")] if args.networks else list(NETWORKS)
     for net in networks:
-        if net not in NETWORKS:
-            raise ValueError(f"--networks: unknown network {net!r}; choose from {', '.join(NETWORKS)}")
+        if net not in ALL_NETWORKS:
+            raise ValueError(f"--networks: unknown network {net!r}; choose from {', '.join(ALL_NETWORKS)}")
     per_network = args.max_shapes if args.max_shapes is not None else preset.layers_per_network
     shapes_per_op = args.max_shapes if args.max_shapes is not None else preset.shapes_per_op
     batches = args.batch or list(preset.batch_cuda if device.type == "cuda" else preset.batch_cpu)
@@ -997,7 +1009,8 @@ def build_specs(
     for batch in batches:
         for cfg in configs_for(args, device, preset_name):
             specs += conv_specs(layers, networks, per_network, batch, cfg, device, compile_mode)
-            specs += fused_specs(layers, per_network, batch, cfg, device, compile_mode)
+            fused_networks = [n for n in networks if n in RESIDUAL_NETWORKS] or ["resnet50"]
+            specs += fused_specs(layers, fused_networks, per_network, batch, cfg, device, compile_mode)
             specs += linear_specs(networks, shapes_per_op, batch, cfg, device, compile_mode)
             specs += pool_specs(networks, shapes_per_op, batch, cfg, device, compile_mode)
             specs += elementwise_specs(networks, shapes_per_op, batch, cfg, device, compile_mode)
@@ -1085,8 +1098,29 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict:
     record["cases"] = cases
     record["skipped"] = _dedupe(skipped)
     record["failed"] = failed
+    record["summary"] = summarize(cases)
     record["default_json"] = str(default_json_path(record["device"], today))
     return record
+
+
+def geomean(values: Sequence[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def summarize(cases: Sequence[dict]) -> list[dict]:
+    """Per (op, dtype, layout): the geomean, min and max of the ratios against each PyTorch contender."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for case in cases:
+        groups.setdefault((case["op"], case["dtype"], case["layout"]), []).append(case)
+    rows = []
+    for (op, dtype, layout), members in groups.items():
+        row: dict[str, Any] = {"op": op, "dtype": dtype, "layout": layout, "cases": len(members)}
+        for key in ("eager", "compile"):
+            ratios = [c["ratios"][key] for c in members if c["ratios"].get(key)]
+            if ratios:
+                row[key] = {"geomean": geomean(ratios), "min": min(ratios), "max": max(ratios)}
+        rows.append(row)
+    return rows
 
 
 def _dedupe(items: list[dict]) -> list[dict]:
@@ -1205,11 +1239,29 @@ def print_report(record: dict, console: Any = None) -> None:
             "-" if share is None else f"{100 * share:.0f}%",
         )
     console.print(table)
+    if len(record.get("summary", [])) > 1:
+        summary = Table(title="geomean PyTorch time / fastcnn time per op (min-max)")
+        for column in ("op", "dtype layout", "cases", "vs eager", "vs compile"):
+            summary.add_column(column)
+
+        def cell(row: dict, key: str) -> str:
+            if key not in row:
+                return "-"
+            return f"{row[key]['geomean']:.2f}x ({row[key]['min']:.2f}-{row[key]['max']:.2f})"
+
+        for row in record["summary"]:
+            summary.add_row(
+                row["op"],
+                f"{row['dtype']} {row['layout']}",
+                str(row["cases"]),
+                cell(row, "eager"),
+                cell(row, "compile"),
+            )
+        console.print(summary)
     for key in ("eager", "compile"):
         ratios = [c["ratios"][key] for c in record["cases"] if key in c["ratios"]]
         if ratios:
-            geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-            console.print(f"geomean PyTorch {key} / fastcnn over {len(ratios)} cases: {geomean:.2f}x")
+            console.print(f"geomean PyTorch {key} / fastcnn over {len(ratios)} cases: {geomean(ratios):.2f}x")
     for item in record["skipped"]:
         console.print(f"[yellow]skipped[/yellow] {item['op']}: {item['reason']}")
     for item in record["failed"]:
@@ -1285,7 +1337,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ops", metavar="LIST", help=f"comma-separated ops or groups ({', '.join(OP_GROUPS)}); default all"
     )
-    parser.add_argument("--networks", metavar="LIST", help=f"comma-separated, from {', '.join(NETWORKS)}")
+    parser.add_argument(
+        "--networks",
+        metavar="LIST",
+        help=f"comma-separated, from {', '.join(ALL_NETWORKS)} (default: {','.join(NETWORKS)}; "
+        "resnet18/xception add conv and fused cases only)",
+    )
     parser.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: the preset's)")
     parser.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: the GPU if any"
@@ -1297,9 +1354,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--layout",
-        choices=["auto", "nchw", "channels_last"],
+        choices=["auto", "nchw", "channels_last", "both"],
         default="auto",
-        help="memory format (auto: channels_last for fp16/bf16, else NCHW)",
+        help="memory format (auto: channels_last for fp16/bf16, else NCHW; both: each case in each)",
     )
     parser.add_argument(
         "--max-shapes", type=int, help="conv layers / shapes per network and op (default: preset)"

@@ -100,14 +100,58 @@ def test_quick_preset_selects_every_op_group():
     assert {s.batch for s in specs} == {2}
 
 
+def test_layout_both_and_extra_conv_networks():
+    args = cli.build_parser().parse_args(
+        ["bench", "--device", "cpu", "--ops", "conv,fused,relu", "--networks", "resnet18", "--layout", "both"]
+    )
+    specs = bench.build_specs(args, torch.device("cpu"), bench.PRESETS["quick"], "quick", [])
+    assert {s.config.layout for s in specs} == {"nchw", "channels_last"}
+    assert {s.network for s in specs} == {"resnet18"}
+    assert {s.op for s in specs} == {"conv2d", "conv2d_backward", "conv_bias_relu", "conv_bias_residual_relu"}
+    with pytest.raises(ValueError, match="--networks"):
+        args.networks = "alexnet"
+        bench.build_specs(args, torch.device("cpu"), bench.PRESETS["quick"], "quick", [])
+
+
+def test_summary_geomeans_per_op_and_layout():
+    def case(op, layout, eager, compile_=None):
+        ratios = {"eager": eager} | ({"compile": compile_} if compile_ else {})
+        return {"op": op, "dtype": "fp32", "layout": layout, "ratios": ratios}
+
+    rows = bench.summarize(
+        [case("relu", "nchw", 2.0, 1.0), case("relu", "nchw", 0.5, 4.0), case("relu", "channels_last", 3.0)]
+    )
+    by_layout = {r["layout"]: r for r in rows}
+    assert by_layout["nchw"]["cases"] == 2
+    assert by_layout["nchw"]["eager"] == pytest.approx({"geomean": 1.0, "min": 0.5, "max": 2.0})
+    assert by_layout["nchw"]["compile"]["geomean"] == pytest.approx(2.0)
+    assert "compile" not in by_layout["channels_last"]
+
+
 def test_bench_json_schema_and_plot(tmp_path):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
     rc = cli.main([*TINY_BENCH, "--compile-mode", "none", "--json", str(out_json), "--plot", str(out_png)])
     assert rc == 0
     record = json.loads(out_json.read_text())
     assert record["schema"] == bench.SCHEMA
-    for key in ("device", "host", "torch", "cuda", "cudnn", "date", "ceilings", "cases", "skipped", "failed"):
+    for key in (
+        "device",
+        "host",
+        "torch",
+        "cuda",
+        "cudnn",
+        "date",
+        "ceilings",
+        "cases",
+        "skipped",
+        "failed",
+        "summary",
+    ):
         assert key in record, key
+    assert {(r["op"], r["layout"], r["cases"]) for r in record["summary"]} == {
+        ("relu", "nchw", 1),
+        ("add", "nchw", 1),
+    }
     assert record["device"]["type"] == "cpu"
     assert record["ceilings"]["copy_gbs"] > 0
     assert {c["op"] for c in record["cases"]} == {"relu", "add"}
