@@ -49,6 +49,9 @@ struct KernelSet {
   int mr;  // largest tile height; fn[h] computes an h-row tile, 1 <= h <= mr
   int nr;  // tile width = packed panel width
   MicroKernel<T> fn[kMaxMr + 1];
+  // C[m, n] (= or +=) A[m, k] @ Bt[n, k]^T with both operands read in place (no packing), for few rows.
+  void (*dot)(const T* a, int64_t lda, const T* bt, int64_t ldb, int64_t m, int64_t n, int64_t k, T* c,
+              int64_t ldc, bool accumulate);
 };
 
 Isa active_isa();
