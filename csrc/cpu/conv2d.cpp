@@ -19,11 +19,11 @@
 // a sample's scatter is owned by one thread, or, for batches smaller than the thread count, each thread
 // scatters into its own buffer, summed in order. 1x1 / stride 1 / pad 0 convs skip im2col.
 // Layout: NCHW or channels_last input (output and grad_input follow it); weight [OC, C/groups, KH, KW].
-// Measured 2026-11-25 (fp32, batch 8, ResNet-18 layers, this 2-vCPU AMD EPYC shared with other jobs,
-// load 1-2; time ratio fastcnn / PyTorch-oneDNN, geomean): forward 1.09 channels_last, 1.07 NCHW;
-// backward 1.09 / 1.11; fused conv+bias+ReLU+residual 0.94 / 1.08 of PyTorch's unfused sequence
-// (benchmarks/NOTES.md). Depthwise 3x3, 64 channels, 56x56: 0.2x
-// PyTorch's time in NCHW, 6x in channels_last (not yet moved onto the GEMM kernels).
+// Measured 2026-11-25 (fastcnn bench --preset full, fp32, batch 8, ResNet-18 layers, this 2-vCPU AMD EPYC,
+// quiet; PyTorch-oneDNN time / fastcnn time, geomean of two runs): forward 0.90-0.97 NCHW, 0.92
+// channels_last; backward 0.91 / 0.88-0.94; fused conv+bias+ReLU(+residual) 0.91-1.10 of PyTorch's
+// unfused sequence (benchmarks/NOTES.md, benchmarks/results/amd-epyc-2026-11-25-conv*.json). Depthwise
+// 3x3, 64 channels, 56x56 (earlier run): 0.2x PyTorch's time in NCHW, 6x in channels_last.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
