@@ -31,8 +31,9 @@ CASES = [
     ((5, 16), 33, True, "sigmoid", True),  # strided input
     ((2, 2, 3, 6), 2, False, None, True),
     ((17, 65), 31, True, "tanh", False),  # sizes off any vector width
-    ((64, 128), 96, True, "relu", False),  # some reduction depth; the most rows of the unpacked path
-    ((70, 37), 45, True, "relu", False),  # more rows than the unpacked path takes: the packed GEMM
+    ((64, 128), 96, True, "relu", False),  # some reduction depth
+    ((70, 37), 45, True, "relu", False),  # more than one 64-row chunk of the dot kernel
+    ((1030, 19), 7, True, "tanh", False),  # more rows than the dot kernel takes: the packed GEMM
 ]
 
 

@@ -1,16 +1,15 @@
-// CPU linear and its backward. Algorithm: input [*, in] is flattened to x [M, in]. Up to 64 rows (a small
-// batch) each output-feature block is computed by the unpacked dot kernel (cpu/gemm_kernel.h: 4 x 4
-// blocks of vector partial sums over k, W read in place once); more rows use fastcnn's packed GEMM
-// micro-kernel, one single-threaded GEMM per block inside at::parallel_for, blocks being row chunks when
-// M is large and output-feature chunks otherwise, so both cores work even for a single sample. Each block
-// gets the epilogue act(C + bias) while it is cache-hot. Backward forms grad_pre = grad_output *
-// act'(output) per row chunk as it reads grad_output, computes grad_input = grad_pre @ W for that chunk
-// and the bias gradient as per-slot partial sums reduced in a fixed order; grad_weight = grad_pre^T @ x
-// is one ATen BLAS call.
+// CPU linear and its backward. Algorithm: input [*, in] is flattened to x [M, in]. Up to 1024 rows the
+// output is computed per block of output features (so both cores work even for one sample) by the
+// unpacked dot kernel (cpu/gemm_kernel.h: 4 x 4 blocks of vector partial sums over k, W read in place),
+// in chunks of 64 rows that stream past the block's cache-resident W rows. More rows use fastcnn's packed
+// GEMM micro-kernel on row chunks, one single-threaded GEMM per chunk. Each block gets the epilogue
+// act(C + bias) while it is cache-hot. Backward forms grad_pre = grad_output * act'(output) per row
+// chunk as it reads grad_output, computes grad_input = grad_pre @ W for that chunk and the bias gradient
+// as per-slot partial sums reduced in a fixed order; grad_weight = grad_pre^T @ x is one ATen BLAS call.
 // Layout: row-major [M, in] input, [out, in] weight.
 // Measured 2026-11-25 (fastcnn bench --preset full, fp32, this 2-vCPU AMD EPYC; PyTorch time / fastcnn
-// time): forward on the ResNet-50 / VGG-16 / MobileNetV2 classifier layers 2.5-3.9x at batch 8, 1.6-2.0x
-// at 32, 1.3-1.8x at 64 (the packed path gave 0.5-0.9x at batch 8); backward 0.8-1.1x.
+// time): forward on the ResNet-50 / VGG-16 / MobileNetV2 classifier layers 2.3-3.6x at batch 8, 1.4-1.8x
+// at 128, 0.97-1.6x at 1024 (the packed path gave 0.5-0.9x at 8 and 128); backward 0.8-1.1x.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -31,9 +30,12 @@
 namespace fastcnn {
 namespace {
 
-// Batches up to this many rows skip packing W: packing would move as many bytes as the multiply reads
-// (measured on the classifier layers at batch 8, 32, 64: 1.3-3.9x PyTorch, against 0.5-0.9x packed).
-constexpr int64_t kDotMaxRows = 64;
+// Up to this many rows the forward skips packing W: the dot kernel over output-feature blocks, in chunks
+// of kDotChunkRows rows so that each task's W block stays in cache while the chunks stream past it.
+// Measured on the classifier layers (batch 8 / 128 / 1024): 2.3-3.6x / 1.4-1.8x / 0.97-1.6x PyTorch,
+// where the packed path (W packed per task) gave 0.5-0.9x at 8 and 128.
+constexpr int64_t kDotMaxRows = 1024;
+constexpr int64_t kDotChunkRows = 64;
 constexpr int64_t kMinRowChunk = 32;
 constexpr int64_t kMinColChunk = 64;
 
@@ -87,11 +89,9 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
   if (s.rows == 0) return out;  // an empty batch, as F.linear
 
   const int64_t threads = at::get_num_threads();
-  // Up to kDotMaxRows rows (a small batch): the unpacked dot kernel over blocks of output features, W
-  // read once. More rows: the packed GEMM, split by rows (each block sees all of W) when there are
-  // enough, else by output features.
-  const bool few_rows = s.rows <= kDotMaxRows;
-  const bool split_rows = !few_rows && s.rows >= kMinRowChunk * threads;
+  // Up to kDotMaxRows rows: the dot kernel over blocks of output features. More rows: the packed GEMM
+  // over row chunks (each sees all of W).
+  const bool split_rows = s.rows > kDotMaxRows;
   const int64_t extent = split_rows ? s.rows : s.out_features;
   const int64_t min_chunk = split_rows ? kMinRowChunk : kMinColChunk;
   const int64_t num_tasks = std::max<int64_t>(1, std::min<int64_t>(extent / min_chunk, 64 * threads));
@@ -112,10 +112,11 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
           cpu::apply_epilogue<scalar_t>(block, N, hi - lo, N, bp, nullptr, nullptr, 0, act);
         } else {
           scalar_t* block = op + lo;
-          if (few_rows) {
-            cpu::kernels<scalar_t>().dot(xp, K, wp + lo * K, K, s.rows, hi - lo, K, block, N, false);
-          } else {
-            cpu::gemm<scalar_t>(false, true, s.rows, hi - lo, K, xp, K, wp + lo * K, K, block, N, false);
+          // Row chunks keep the A block small; this task's W block stays in cache across them.
+          for (int64_t r0 = 0; r0 < s.rows; r0 += kDotChunkRows) {
+            const int64_t rows = std::min(kDotChunkRows, s.rows - r0);
+            cpu::kernels<scalar_t>().dot(xp + r0 * K, K, wp + lo * K, K, rows, hi - lo, K, block + r0 * N, N,
+                                         false);
           }
           cpu::apply_epilogue<scalar_t>(block, N, s.rows, hi - lo, bp ? bp + lo : nullptr, nullptr, nullptr,
                                         0, act);
