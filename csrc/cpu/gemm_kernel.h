@@ -23,6 +23,8 @@ namespace cpu {
 
 enum class Isa { Portable, Avx2, Avx512 };
 constexpr int kMaxMr = 14;
+// Rows of A the dot kernel (KernelSet::dot) keeps in cache at a time.
+constexpr int64_t kDotChunkRows = 64;
 
 template <typename T>
 struct MicroArgs {

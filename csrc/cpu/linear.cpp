@@ -1,10 +1,10 @@
 // CPU linear and its backward. Algorithm: input [*, in] is flattened to x [M, in]. Up to 1024 rows the
 // output is computed per block of output features (so both cores work even for one sample) by the
-// unpacked dot kernel (cpu/gemm_kernel.h: 4 x 4 blocks of vector partial sums over k, W read in place),
-// in chunks of 64 rows that stream past the block's cache-resident W rows. More rows use fastcnn's packed
-// GEMM micro-kernel on row chunks, one single-threaded GEMM per chunk. Each block gets the epilogue
-// act(C + bias) while it is cache-hot. Backward forms grad_pre = grad_output * act'(output) per row
-// chunk as it reads grad_output, computes grad_input = grad_pre @ W for that chunk and the bias gradient
+// unpacked dot kernel (cpu/gemm_microkernel.inc: 4 x 4 blocks of vector partial sums over k, W read in
+// place, x in chunks of 64 rows streaming past the block's cache-resident W rows). More rows use
+// fastcnn's packed GEMM micro-kernel on row chunks, one single-threaded GEMM per chunk. Each block gets
+// the epilogue act(C + bias) while it is cache-hot. Backward forms grad_pre = grad_output * act'(output) per
+// row chunk as it reads grad_output, computes grad_input = grad_pre @ W for that chunk and the bias gradient
 // as per-slot partial sums reduced in a fixed order; grad_weight = grad_pre^T @ x is one ATen BLAS call.
 // Layout: row-major [M, in] input, [out, in] weight.
 // Measured 2026-11-25 (fastcnn bench --preset full, fp32, this 2-vCPU AMD EPYC; PyTorch time / fastcnn
@@ -30,12 +30,10 @@
 namespace fastcnn {
 namespace {
 
-// Up to this many rows the forward skips packing W: the dot kernel over output-feature blocks, in chunks
-// of kDotChunkRows rows so that each task's W block stays in cache while the chunks stream past it.
-// Measured on the classifier layers (batch 8 / 128 / 1024): 2.3-3.6x / 1.4-1.8x / 0.97-1.6x PyTorch,
-// where the packed path (W packed per task) gave 0.5-0.9x at 8 and 128.
+// Up to this many rows the forward skips packing W and runs the dot kernel over output-feature blocks
+// (figures in the header comment); beyond it, W packed per row task costs less than re-reading x per
+// output-feature block.
 constexpr int64_t kDotMaxRows = 1024;
-constexpr int64_t kDotChunkRows = 64;
 constexpr int64_t kMinRowChunk = 32;
 constexpr int64_t kMinColChunk = 64;
 
@@ -112,12 +110,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
           cpu::apply_epilogue<scalar_t>(block, N, hi - lo, N, bp, nullptr, nullptr, 0, act);
         } else {
           scalar_t* block = op + lo;
-          // Row chunks keep the A block small; this task's W block stays in cache across them.
-          for (int64_t r0 = 0; r0 < s.rows; r0 += kDotChunkRows) {
-            const int64_t rows = std::min(kDotChunkRows, s.rows - r0);
-            cpu::kernels<scalar_t>().dot(xp + r0 * K, K, wp + lo * K, K, rows, hi - lo, K, block + r0 * N, N,
-                                         false);
-          }
+          cpu::kernels<scalar_t>().dot(xp, K, wp + lo * K, K, s.rows, hi - lo, K, block, N, false);
           cpu::apply_epilogue<scalar_t>(block, N, s.rows, hi - lo, bp ? bp + lo : nullptr, nullptr, nullptr,
                                         0, act);
         }
