@@ -500,6 +500,11 @@ def _direct(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups
     return torch.ops.fastcnn.conv2d(x, w, b, list(stride), list(padding), list(dilation), groups, act, r)
 
 
+def _direct_backward(go, x, w, output=None, act=0):
+    """conv2d_backward with stride 1, no padding or dilation, one group and every gradient requested."""
+    return torch.ops.fastcnn.conv2d_backward(go, x, w, output, [1, 1], [0, 0], [1, 1], 1, act, [True] * 3)
+
+
 BAD_CONV = [
     # (id, callable, regex the message must match)
     ("int-input", lambda: ops.conv2d(_t(1, 3, 5, 5).int(), _t(2, 3, 3, 3).int()), r"input"),
@@ -586,66 +591,22 @@ BAD_CONV = [
     # the backward op checks its own arguments too
     (
         "backward-grad-shape-direct",
-        lambda: torch.ops.fastcnn.conv2d_backward(
-            _t(1, 2, 4, 4),
-            _t(1, 3, 5, 5),
-            _t(2, 3, 3, 3),
-            None,
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            1,
-            0,
-            [True, True, True],
-        ),
+        lambda: _direct_backward(_t(1, 2, 4, 4), _t(1, 3, 5, 5), _t(2, 3, 3, 3)),
         r"grad_output",
     ),
     (
         "backward-grad-dtype-direct",
-        lambda: torch.ops.fastcnn.conv2d_backward(
-            _t(1, 2, 3, 3).double(),
-            _t(1, 3, 5, 5),
-            _t(2, 3, 3, 3),
-            None,
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            1,
-            0,
-            [True, True, True],
-        ),
+        lambda: _direct_backward(_t(1, 2, 3, 3).double(), _t(1, 3, 5, 5), _t(2, 3, 3, 3)),
         r"grad_output",
     ),
     (
         "backward-missing-output-direct",
-        lambda: torch.ops.fastcnn.conv2d_backward(
-            _t(1, 2, 3, 3),
-            _t(1, 3, 5, 5),
-            _t(2, 3, 3, 3),
-            None,
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            1,
-            1,
-            [True, True, True],
-        ),
+        lambda: _direct_backward(_t(1, 2, 3, 3), _t(1, 3, 5, 5), _t(2, 3, 3, 3), act=1),
         r"output",
     ),
     (
         "backward-grad-meta-direct",
-        lambda: torch.ops.fastcnn.conv2d_backward(
-            _t(1, 2, 3, 3, device="meta"),
-            _t(1, 3, 5, 5),
-            _t(2, 3, 3, 3),
-            None,
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            1,
-            0,
-            [True, True, True],
-        ),
+        lambda: _direct_backward(_t(1, 2, 3, 3, device="meta"), _t(1, 3, 5, 5), _t(2, 3, 3, 3)),
         r"grad_output",
     ),
 ]
