@@ -98,16 +98,12 @@ FASTCNN_SIMD_CLONES void avg_pool_nchw_planes(const scalar_t* input, scalar_t* o
 template <typename scalar_t>
 void avg_pool_nchw(const scalar_t* input, scalar_t* output, const AvgPoolPlan& plan) {
   const Pool2dShape& s = plan.shape;
-  pool::parallel_planes(s.batch * s.channels, s.out_h * s.out_w * s.kernel_h * s.kernel_w,
-                        [&](int64_t begin, int64_t end) {
-                          if (s.stride_w == 1) {
-                            avg_pool_nchw_planes<1, scalar_t>(input, output, plan, begin, end);
-                          } else if (s.stride_w == 2) {
-                            avg_pool_nchw_planes<2, scalar_t>(input, output, plan, begin, end);
-                          } else {
-                            avg_pool_nchw_planes<0, scalar_t>(input, output, plan, begin, end);
-                          }
-                        });
+  pool::parallel_planes(
+      s.batch * s.channels, s.out_h * s.out_w * s.kernel_h * s.kernel_w, [&](int64_t begin, int64_t end) {
+        pool::with_column_stride(s.stride_w, [&](auto stride) {
+          avg_pool_nchw_planes<decltype(stride)::value, scalar_t>(input, output, plan, begin, end);
+        });
+      });
 }
 
 // NHWC: output pixels [begin, end) of the flattened (n, oh, ow) range, inner loop over channels.
@@ -244,18 +240,14 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
         avg_pool_backward_nhwc_slice<scalar_t>(gop, gip, plan, delta.data(), n, c0, c1);
       });
     } else {
-      pool::parallel_planes(s.batch * s.channels, s.out_h * s.out_w * s.kernel_h * s.kernel_w,
-                            [&](int64_t begin, int64_t end) {
-                              std::vector<scalar_t> delta(s.out_w);
-                              scalar_t* d = delta.data();
-                              if (s.stride_w == 1) {
-                                avg_pool_backward_nchw_planes<1, scalar_t>(gop, gip, plan, d, begin, end);
-                              } else if (s.stride_w == 2) {
-                                avg_pool_backward_nchw_planes<2, scalar_t>(gop, gip, plan, d, begin, end);
-                              } else {
-                                avg_pool_backward_nchw_planes<0, scalar_t>(gop, gip, plan, d, begin, end);
-                              }
-                            });
+      pool::parallel_planes(
+          s.batch * s.channels, s.out_h * s.out_w * s.kernel_h * s.kernel_w, [&](int64_t begin, int64_t end) {
+            std::vector<scalar_t> delta(s.out_w);
+            scalar_t* d = delta.data();
+            pool::with_column_stride(s.stride_w, [&](auto stride) {
+              avg_pool_backward_nchw_planes<decltype(stride)::value, scalar_t>(gop, gip, plan, d, begin, end);
+            });
+          });
     }
   });
   return grad_input;

@@ -102,18 +102,15 @@ FASTCNN_SIMD_CLONES void max_pool_nchw_planes(const scalar_t* input, scalar_t* o
 template <typename scalar_t, typename index_t>
 void max_pool_nchw(const scalar_t* input, scalar_t* output, int64_t* indices, const MaxPoolPlan& plan) {
   const Pool2dShape& s = plan.s;
-  pool::parallel_planes(
-      s.batch * s.channels, s.out_h * s.out_w * s.kernel_h * s.kernel_w, [&](int64_t begin, int64_t end) {
-        std::vector<index_t> scratch(std::is_same_v<index_t, int64_t> ? 0 : s.out_w);
-        index_t* narrow = scratch.data();
-        if (s.stride_w == 1) {
-          max_pool_nchw_planes<1, scalar_t, index_t>(input, output, indices, plan, narrow, begin, end);
-        } else if (s.stride_w == 2) {
-          max_pool_nchw_planes<2, scalar_t, index_t>(input, output, indices, plan, narrow, begin, end);
-        } else {
-          max_pool_nchw_planes<0, scalar_t, index_t>(input, output, indices, plan, narrow, begin, end);
-        }
-      });
+  pool::parallel_planes(s.batch * s.channels, s.out_h * s.out_w * s.kernel_h * s.kernel_w,
+                        [&](int64_t begin, int64_t end) {
+                          std::vector<index_t> scratch(std::is_same_v<index_t, int64_t> ? 0 : s.out_w);
+                          index_t* narrow = scratch.data();
+                          pool::with_column_stride(s.stride_w, [&](auto stride) {
+                            max_pool_nchw_planes<decltype(stride)::value, scalar_t, index_t>(
+                                input, output, indices, plan, narrow, begin, end);
+                          });
+                        });
 }
 
 // One window tap folded into a pixel's running max over all channels.

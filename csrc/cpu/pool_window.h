@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -18,6 +19,16 @@
 
 namespace fastcnn {
 namespace pool {
+
+// Calls f(std::integral_constant<int64_t, S>{}) with S = the column stride when it is 1 or 2 and S = 0
+// (meaning "read it at run time") otherwise, so the NCHW row loops, templated on S, use plain vector
+// loads for the common strides.
+template <typename F>
+inline void with_column_stride(int64_t stride_w, F&& f) {
+  if (stride_w == 1) return f(std::integral_constant<int64_t, 1>{});
+  if (stride_w == 2) return f(std::integral_constant<int64_t, 2>{});
+  return f(std::integral_constant<int64_t, 0>{});
+}
 
 // Elements of work a parallel_for chunk should at least carry before another thread is worth waking.
 constexpr int64_t kGrain = 32768;
