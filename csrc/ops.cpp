@@ -7,10 +7,16 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// Importing fastcnn._C from Python registers the ops; the module itself holds no functions.
+// Importing fastcnn._C (or the emulation build's fastcnn._C_emu) from Python registers the ops; the
+// module itself holds no functions. torch's build defines TORCH_EXTENSION_NAME as the module's name.
+#define FASTCNN_STRINGIFY2(x) #x
+#define FASTCNN_STRINGIFY(x) FASTCNN_STRINGIFY2(x)
+#define FASTCNN_CONCAT2(a, b) a##b
+#define FASTCNN_CONCAT(a, b) FASTCNN_CONCAT2(a, b)
 extern "C" {
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyObject* FASTCNN_CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, FASTCNN_STRINGIFY(TORCH_EXTENSION_NAME),
+                                          nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
 }
