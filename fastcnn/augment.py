@@ -26,8 +26,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import _C  # noqa: F401  (registers torch.ops.fastcnn.augment_affine)
-
 __all__ = [
     "AugmentParams",
     "RandomAffineAugment",

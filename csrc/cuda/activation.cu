@@ -127,7 +127,7 @@ at::Tensor activation_backward_cuda(const at::Tensor& grad_output, const at::Ten
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastcnn, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastcnn, FASTCNN_CUDA_DISPATCH_KEY, m) {
   m.impl("relu", &relu_cuda);
   m.impl("sigmoid", &sigmoid_cuda);
   m.impl("tanh", &tanh_cuda);

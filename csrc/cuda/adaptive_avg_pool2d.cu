@@ -209,16 +209,15 @@ at::Tensor adaptive_avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef out
         if (fmt == at::MemoryFormat::ChannelsLast) {
           cuda::launch_nhwc_channel_vectors<scalar_t>(
               s.channels, total, in, out, [&](auto width, int64_t items) {
-                adaptive_avg_forward_nhwc_kernel<scalar_t, decltype(width)::value>
-                    <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(in, out, items, s);
+                cuda::launch_kernel<adaptive_avg_forward_nhwc_kernel<scalar_t, decltype(width)::value>>(
+                    cuda::grid_for(items), cuda::kBlockThreads, 0, stream, in, out, items, s);
               });
         } else if (max_taps >= kWarpWindowTaps) {
-          adaptive_avg_forward_nchw_warp_kernel<scalar_t>
-              <<<cuda::grid_for(total * cuda::kWarpSize), cuda::kBlockThreads, 0, stream>>>(in, out, total,
-                                                                                            s);
+          cuda::launch_kernel<adaptive_avg_forward_nchw_warp_kernel<scalar_t>>(
+              cuda::grid_for(total * cuda::kWarpSize), cuda::kBlockThreads, 0, stream, in, out, total, s);
         } else {
-          adaptive_avg_forward_nchw_kernel<scalar_t>
-              <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(in, out, total, s);
+          cuda::launch_kernel<adaptive_avg_forward_nchw_kernel<scalar_t>>(
+              cuda::grid_for(total), cuda::kBlockThreads, 0, stream, in, out, total, s);
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -249,12 +248,12 @@ at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, cons
         if (fmt == at::MemoryFormat::ChannelsLast) {
           cuda::launch_nhwc_channel_vectors<scalar_t>(
               s.channels, total, g, gi, [&](auto width, int64_t items) {
-                adaptive_avg_backward_nhwc_kernel<scalar_t, decltype(width)::value>
-                    <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(g, gi, items, s);
+                cuda::launch_kernel<adaptive_avg_backward_nhwc_kernel<scalar_t, decltype(width)::value>>(
+                    cuda::grid_for(items), cuda::kBlockThreads, 0, stream, g, gi, items, s);
               });
         } else {
-          adaptive_avg_backward_nchw_kernel<scalar_t>
-              <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(g, gi, total, s);
+          cuda::launch_kernel<adaptive_avg_backward_nchw_kernel<scalar_t>>(
+              cuda::grid_for(total), cuda::kBlockThreads, 0, stream, g, gi, total, s);
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -263,7 +262,7 @@ at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, cons
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastcnn, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastcnn, FASTCNN_CUDA_DISPATCH_KEY, m) {
   m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d_cuda);
   m.impl("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_cuda);
 }

@@ -53,9 +53,10 @@ at::Tensor augment_affine_cuda(const at::Tensor& input, const at::Tensor& theta,
   auto launch = [&](auto in_tag, auto acc_tag) {
     using in_t = decltype(in_tag);
     using acc_t = decltype(acc_tag);
-    augment_affine_kernel<in_t, acc_t><<<blocks, cuda::kBlockThreads, 0, stream>>>(
-        b.input.const_data_ptr<in_t>(), b.theta.const_data_ptr<acc_t>(), b.mean.const_data_ptr<acc_t>(),
-        b.std.const_data_ptr<acc_t>(), b.output.mutable_data_ptr<acc_t>(), g);
+    cuda::launch_kernel<augment_affine_kernel<in_t, acc_t>>(
+        blocks, cuda::kBlockThreads, 0, stream, b.input.const_data_ptr<in_t>(),
+        b.theta.const_data_ptr<acc_t>(), b.mean.const_data_ptr<acc_t>(), b.std.const_data_ptr<acc_t>(),
+        b.output.mutable_data_ptr<acc_t>(), g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   switch (in_dtype) {
@@ -80,7 +81,7 @@ at::Tensor augment_affine_cuda(const at::Tensor& input, const at::Tensor& theta,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastcnn, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastcnn, FASTCNN_CUDA_DISPATCH_KEY, m) {
   m.impl("augment_affine", &augment_affine_cuda);
 }
 

@@ -199,13 +199,14 @@ at::Tensor avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
     scalar_t* out = output.mutable_data_ptr<scalar_t>();
     if (fmt == at::MemoryFormat::ChannelsLast) {
       cuda::launch_nhwc_channel_vectors<scalar_t>(s.channels, total, in, out, [&](auto width, int64_t items) {
-        avg_pool_forward_nhwc_kernel<scalar_t, decltype(width)::value>
-            <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(in, out, items, s, count_include_pad,
-                                                                        divisor);
+        cuda::launch_kernel<avg_pool_forward_nhwc_kernel<scalar_t, decltype(width)::value>>(
+            cuda::grid_for(items), cuda::kBlockThreads, 0, stream, in, out, items, s, count_include_pad,
+            divisor);
       });
     } else {
-      avg_pool_forward_nchw_kernel<scalar_t><<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(
-          in, out, total, s, count_include_pad, divisor);
+      cuda::launch_kernel<avg_pool_forward_nchw_kernel<scalar_t>>(cuda::grid_for(total), cuda::kBlockThreads,
+                                                                  0, stream, in, out, total, s,
+                                                                  count_include_pad, divisor);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -239,13 +240,14 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
         if (fmt == at::MemoryFormat::ChannelsLast) {
           cuda::launch_nhwc_channel_vectors<scalar_t>(
               s.channels, total, g, gi, [&](auto width, int64_t items) {
-                avg_pool_backward_nhwc_kernel<scalar_t, decltype(width)::value>
-                    <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(g, gi, items, s,
-                                                                                count_include_pad, divisor);
+                cuda::launch_kernel<avg_pool_backward_nhwc_kernel<scalar_t, decltype(width)::value>>(
+                    cuda::grid_for(items), cuda::kBlockThreads, 0, stream, g, gi, items, s, count_include_pad,
+                    divisor);
               });
         } else {
-          avg_pool_backward_nchw_kernel<scalar_t><<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(
-              g, gi, total, s, count_include_pad, divisor);
+          cuda::launch_kernel<avg_pool_backward_nchw_kernel<scalar_t>>(cuda::grid_for(total),
+                                                                       cuda::kBlockThreads, 0, stream, g, gi,
+                                                                       total, s, count_include_pad, divisor);
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -254,7 +256,7 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastcnn, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastcnn, FASTCNN_CUDA_DISPATCH_KEY, m) {
   m.impl("avg_pool2d", &avg_pool2d_cuda);
   m.impl("avg_pool2d_backward", &avg_pool2d_backward_cuda);
 }

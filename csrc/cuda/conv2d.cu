@@ -40,12 +40,14 @@ bool aligned_to(const void* ptr, size_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
 }
 
-// The kernels keep image extents, channel counts and per-group K in int32 (offsets are int64).
+// The kernels keep image extents, channel counts and per-group K in int32 (offsets are int64). Groups
+// are limited where they go on the grid (launch_gemm), not here: depthwise convolutions never put them
+// there.
 void check_int32_geometry(const Conv2dShape& s) {
   const int64_t cg = s.in_channels / s.groups, ocg = s.out_channels / s.groups;
   const bool fits = s.in_h * s.in_w <= kInt32Max && s.out_h * s.out_w <= kInt32Max &&
                     s.in_channels <= kInt32Max && s.out_channels <= kInt32Max &&
-                    s.kernel_h * s.kernel_w * std::max(cg, ocg) <= kInt32Max && s.groups <= 65535;
+                    s.kernel_h * s.kernel_w * std::max(cg, ocg) <= kInt32Max;
   TORCH_CHECK(fits, "fastcnn: conv2d geometry too large for the CUDA kernels (input ", s.in_h, "x", s.in_w,
               ", output ", s.out_h, "x", s.out_w, ", channels ", s.in_channels, "->", s.out_channels,
               ", kernel ", s.kernel_h, "x", s.kernel_w, ", groups ", s.groups, ")");
@@ -132,7 +134,7 @@ __global__ void __launch_bounds__(kColSumThreadsX* kColSumThreadsY)
 // ---- GEMM launches --------------------------------------------------------------------------------------
 
 // K splits for wgrad: enough blocks for about two waves, at least 4 K tiles per split, every split non-empty.
-int64_t choose_wgrad_splits(int64_t blocks, int64_t k_tiles, int64_t groups, int sm_count) {
+int64_t choose_wgrad_splits(int64_t blocks, int64_t k_tiles, int64_t groups, int64_t sm_count) {
   int64_t splits = std::max<int64_t>(1, ceil_div(2 * sm_count, blocks));
   splits = std::min({splits, std::max<int64_t>(1, k_tiles / 4), int64_t{256}, 65535 / groups});
   splits = std::max<int64_t>(splits, 1);
@@ -153,7 +155,7 @@ void launch_gemm(GemmParams p, const at::Tensor& like, const at::Tensor& grad_we
   at::Tensor workspace;
   if constexpr (kMode == GemmMode::kWgrad) {
     const int64_t splits =
-        choose_wgrad_splits(tiles_m * tiles_n * p.groups, k_tiles, p.groups, gemm_sm_count());
+        choose_wgrad_splits(tiles_m * tiles_n * p.groups, k_tiles, p.groups, current_sm_count());
     p.splits = static_cast<int>(splits);
     p.k_tiles_per_split = ceil_div(k_tiles, splits);
     const int64_t slice = static_cast<int64_t>(p.groups) * p.M * p.N;
@@ -176,7 +178,8 @@ void launch_gemm(GemmParams p, const at::Tensor& like, const at::Tensor& grad_we
   }
   const dim3 grid(static_cast<unsigned>(tiles_m), static_cast<unsigned>(tiles_n),
                   static_cast<unsigned>(p.groups * p.splits));
-  kernel<<<grid, Cfg::kThreads, smem_bytes, c10::cuda::getCurrentCUDAStream()>>>(p);
+  launch_kernel<conv_gemm_kernel<T, Cfg, kMode>>(grid, Cfg::kThreads, smem_bytes,
+                                                 c10::cuda::getCurrentCUDAStream(), p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   if constexpr (kMode == GemmMode::kWgrad) {
@@ -193,7 +196,7 @@ void run_gemm(const GemmParams& p, bool allow_tf32, const at::Tensor& like, cons
   if constexpr (std::is_same_v<T, double>) {
     launch_gemm<T, FmaConfig<T>, kMode>(p, like, grad_weight, s);
   } else {
-    const int cc_major = gemm_cc_major();
+    const int64_t cc_major = current_cc_major();
     const bool has_mma = cc_major >= 8;
     if constexpr (std::is_same_v<T, float>) {
       if (!allow_tf32 || !has_mma) {
@@ -206,7 +209,7 @@ void run_gemm(const GemmParams& p, bool allow_tf32, const at::Tensor& like, cons
                   cc_major, ".x");
     }
     const int64_t big_blocks = ceil_div(p.M, 128) * ceil_div(p.N, 128) * p.groups;
-    if (p.N > 64 && (kMode == GemmMode::kWgrad || big_blocks >= gemm_sm_count())) {
+    if (p.N > 64 && (kMode == GemmMode::kWgrad || big_blocks >= current_sm_count())) {
       launch_gemm<T, MmaConfig<T, 128, 128, 2, 4>, kMode>(p, like, grad_weight, s);
     } else {
       launch_gemm<T, MmaConfig<T, 64, 64, 2, 2>, kMode>(p, like, grad_weight, s);
@@ -303,15 +306,16 @@ void reduce_weight_splits(const at::Tensor& partials, int64_t splits, int64_t sp
   const int64_t count = out.numel();
   if (count == 0) return;
   const int threads = 256;
-  const int64_t max_blocks = static_cast<int64_t>(gemm_sm_count()) * 8;
+  const int64_t max_blocks = static_cast<int64_t>(current_sm_count()) * 8;
   const int blocks = static_cast<int>(std::min(ceil_div(count, threads), max_blocks));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "fastcnn_reduce_splits", [&] {
     using acc_t = AccType<scalar_t>;
     TORCH_CHECK(partials.scalar_type() == c10::CppTypeToScalarType<acc_t>::value,
                 "fastcnn: split workspace has dtype ", partials.scalar_type());
-    reduce_weight_splits_kernel<scalar_t, acc_t><<<blocks, threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        partials.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), count, splits, split_stride,
-        static_cast<int>(cg), static_cast<int>(kernel_h), static_cast<int>(kernel_w));
+    launch_kernel<reduce_weight_splits_kernel<scalar_t, acc_t>>(
+        blocks, threads, 0, c10::cuda::getCurrentCUDAStream(), partials.const_data_ptr<acc_t>(),
+        out.mutable_data_ptr<scalar_t>(), count, splits, split_stride, static_cast<int>(cg),
+        static_cast<int>(kernel_h), static_cast<int>(kernel_w));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -321,7 +325,7 @@ void channel_grad_sum(const at::Tensor& grad_output, const at::Tensor& output, c
   if (channels == 0) return;
   const int64_t col_blocks = ceil_div(channels, kColSumThreadsX);
   TORCH_CHECK(col_blocks <= kInt32Max, "fastcnn: too many channels (", channels, ") for the bias gradient");
-  const int sm_count = gemm_sm_count();
+  const int64_t sm_count = current_sm_count();
   int64_t splits = std::max<int64_t>(1, ceil_div(4 * sm_count, col_blocks));
   splits = std::min({splits, std::max<int64_t>(1, ceil_div(rows, 64)), int64_t{1024}});
   const int64_t rows_per_split = std::max<int64_t>(1, ceil_div(rows, splits));
@@ -333,8 +337,8 @@ void channel_grad_sum(const at::Tensor& grad_output, const at::Tensor& output, c
                                         grad_output.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
         const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(splits));
         const dim3 block(kColSumThreadsX, kColSumThreadsY);
-        channel_partial_sum_kernel<scalar_t, acc_t><<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            grad_output.const_data_ptr<scalar_t>(),
+        launch_kernel<channel_partial_sum_kernel<scalar_t, acc_t>>(
+            grid, block, 0, c10::cuda::getCurrentCUDAStream(), grad_output.const_data_ptr<scalar_t>(),
             act != Activation::None ? output.const_data_ptr<scalar_t>() : nullptr, static_cast<int>(act),
             rows, channels, rows_per_split, partials.mutable_data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -363,7 +367,7 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
   const Activation act = to_activation(activation);
   const Conv2dShape s =
       check_conv2d(input, weight, bias, stride, padding, dilation, groups, /*allow_reduced=*/true);
-  TORCH_CHECK(input.is_cuda(), "fastcnn: conv2d CUDA kernel got input on ", input.device());
+  check_cuda_tensor(input, "input");
   const std::array<int64_t, 4> out_sizes{s.batch, s.out_channels, s.out_h, s.out_w};
   check_residual(residual, input, out_sizes);
   check_int32_geometry(s);
@@ -394,7 +398,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
   const Activation act = to_activation(activation);
   const Conv2dShape s =
       check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, /*allow_reduced=*/true);
-  TORCH_CHECK(input.is_cuda(), "fastcnn: conv2d_backward CUDA kernel got input on ", input.device());
+  check_cuda_tensor(input, "input");
   check_same_dtype_device(grad_output, input, "grad_output", "input");
   const std::array<int64_t, 4> out_sizes{s.batch, s.out_channels, s.out_h, s.out_w};
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_sizes), "fastcnn: grad_output must have shape ",
@@ -453,7 +457,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(fastcnn, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastcnn, FASTCNN_CUDA_DISPATCH_KEY, m) {
   m.impl("conv2d", &cuda::conv2d_cuda);
   m.impl("conv2d_backward", &cuda::conv2d_backward_cuda);
 }

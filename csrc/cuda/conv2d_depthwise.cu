@@ -30,14 +30,18 @@ struct DepthwiseParams {
   int multiplier;
 };
 
-DepthwiseParams depthwise_params(const Conv2dShape& s) {
+// `per_image_int32`: the kernel indexes within one NHWC image in int32 (the NHWC forward and dgrad);
+// the NCHW forward and the wgrad index in int64 and take larger images.
+DepthwiseParams depthwise_params(const Conv2dShape& s, bool per_image_int32) {
   const int64_t limit = INT32_MAX;
   TORCH_CHECK(s.batch <= limit && s.in_channels <= limit && s.out_channels <= limit &&
                   s.in_h * s.in_w <= limit && s.out_h * s.out_w <= limit &&
-                  s.kernel_h * s.kernel_w <= 65535 && s.in_h * s.in_w * s.in_channels <= limit &&
-                  s.out_h * s.out_w * s.out_channels <= limit &&
-                  s.out_channels * s.kernel_h * s.kernel_w <= limit,
+                  s.kernel_h * s.kernel_w <= 65535 && s.out_channels * s.kernel_h * s.kernel_w <= limit,
               "fastcnn: depthwise conv2d geometry too large for the CUDA kernels");
+  TORCH_CHECK(!per_image_int32 ||
+                  (s.in_h * s.in_w * s.in_channels <= limit && s.out_h * s.out_w * s.out_channels <= limit),
+              "fastcnn: depthwise conv2d images of more than 2^31 - 1 elements (", s.in_channels, "x", s.in_h,
+              "x", s.in_w, ") need NCHW input on the CUDA kernels");
   DepthwiseParams p{};
   p.batch = static_cast<int>(s.batch);
   p.in_c = static_cast<int>(s.in_channels);
@@ -66,7 +70,7 @@ int64_t ceil_div(int64_t a, int64_t b) {
 
 // (per-image element blocks, images) for the NHWC element-wise kernels, about 32 blocks per SM in all.
 dim3 image_grid(int64_t per_image, int64_t batch) {
-  const int64_t max_blocks = static_cast<int64_t>(gemm_sm_count()) * 32;
+  const int64_t max_blocks = static_cast<int64_t>(current_sm_count()) * 32;
   const int64_t x = std::max<int64_t>(1, std::min(ceil_div(per_image, kThreads), max_blocks));
   const int64_t y = std::max<int64_t>(1, std::min({batch, ceil_div(max_blocks, x), int64_t{65535}}));
   return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y));
@@ -92,9 +96,11 @@ __global__ void __launch_bounds__(kThreads)
   const int per_image = p.out_h * p.out_w * p.out_c;
   for (int n = blockIdx.y; n < p.batch; n += gridDim.y) {
     const T* image = input + static_cast<int64_t>(n) * p.in_h * p.in_w * p.in_c;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < per_image; i += gridDim.x * blockDim.x) {
-      const int oc = i % p.out_c;
-      const int pixel = i / p.out_c;
+    // int64: the increment must not overflow for images near 2^31 elements.
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < per_image;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const int oc = static_cast<int>(i % p.out_c);
+      const int pixel = static_cast<int>(i / p.out_c);
       const int ox = pixel % p.out_w;
       const int oy = pixel / p.out_w;
       const int c = oc / p.multiplier;
@@ -122,7 +128,7 @@ __global__ void __launch_bounds__(kThreads)
                                   const T* __restrict__ bias, const T* __restrict__ residual,
                                   T* __restrict__ output, const DepthwiseParams p, int activation) {
   using acc_t = AccType<T>;
-  extern __shared__ __align__(16) unsigned char filter_raw[];
+  FASTCNN_EXTERN_SHARED(filter_raw);
   acc_t* filter = reinterpret_cast<acc_t*>(filter_raw);
   const Activation act = static_cast<Activation>(activation);
   const int64_t plane = blockIdx.x;
@@ -170,9 +176,10 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t out_image = static_cast<int64_t>(n) * p.out_h * p.out_w * p.out_c;
     const T* gy = grad_output + out_image;
     const T* y_out = output != nullptr ? output + out_image : nullptr;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < per_image; i += gridDim.x * blockDim.x) {
-      const int c = i % p.in_c;
-      const int pixel = i / p.in_c;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < per_image;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const int c = static_cast<int>(i % p.in_c);
+      const int pixel = static_cast<int>(i / p.in_c);
       const int x = pixel % p.in_w;
       const int y = pixel / p.in_w;
       acc_t acc = 0;
@@ -255,7 +262,7 @@ const T* data_or_null(const at::Tensor& t) {
 void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                               const at::Tensor& residual, const at::Tensor& output, const Conv2dShape& s,
                               Activation act, bool channels_last) {
-  const DepthwiseParams p = depthwise_params(s);
+  const DepthwiseParams p = depthwise_params(s, /*per_image_int32=*/channels_last);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_depthwise_forward", [&] {
@@ -263,11 +270,11 @@ void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
         if (channels_last) {
           const at::Tensor weight_t =
               weight.reshape({s.out_channels, s.kernel_h * s.kernel_w}).t().contiguous();
-          depthwise_forward_nhwc_kernel<scalar_t>
-              <<<image_grid(s.out_h * s.out_w * s.out_channels, s.batch), kThreads, 0, stream>>>(
-                  input.const_data_ptr<scalar_t>(), weight_t.const_data_ptr<scalar_t>(),
-                  data_or_null<scalar_t>(bias), data_or_null<scalar_t>(residual),
-                  output.mutable_data_ptr<scalar_t>(), p, static_cast<int>(act));
+          launch_kernel<depthwise_forward_nhwc_kernel<scalar_t>>(
+              image_grid(s.out_h * s.out_w * s.out_channels, s.batch), kThreads, 0, stream,
+              input.const_data_ptr<scalar_t>(), weight_t.const_data_ptr<scalar_t>(),
+              data_or_null<scalar_t>(bias), data_or_null<scalar_t>(residual),
+              output.mutable_data_ptr<scalar_t>(), p, static_cast<int>(act));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         } else {
           const size_t filter_bytes = static_cast<size_t>(s.kernel_h * s.kernel_w) * sizeof(acc_t);
@@ -278,10 +285,11 @@ void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                       ") for the depthwise kernel");
           const int64_t chunks = std::min<int64_t>(ceil_div(s.out_h * s.out_w, kThreads), 65535);
           const dim3 grid(static_cast<unsigned>(planes), static_cast<unsigned>(chunks));
-          depthwise_forward_nchw_kernel<scalar_t><<<grid, kThreads, filter_bytes, stream>>>(
-              input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-              data_or_null<scalar_t>(bias), data_or_null<scalar_t>(residual),
-              output.mutable_data_ptr<scalar_t>(), p, static_cast<int>(act));
+          launch_kernel<depthwise_forward_nchw_kernel<scalar_t>>(
+              grid, kThreads, filter_bytes, stream, input.const_data_ptr<scalar_t>(),
+              weight.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias),
+              data_or_null<scalar_t>(residual), output.mutable_data_ptr<scalar_t>(), p,
+              static_cast<int>(act));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       });
@@ -289,12 +297,12 @@ void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
 
 void depthwise_conv2d_dgrad(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& weight,
                             const at::Tensor& grad_input, const Conv2dShape& s, Activation act) {
-  const DepthwiseParams p = depthwise_params(s);
+  const DepthwiseParams p = depthwise_params(s, /*per_image_int32=*/true);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fastcnn_depthwise_dgrad", [&] {
-        depthwise_dgrad_nhwc_kernel<scalar_t><<<image_grid(s.in_h * s.in_w * s.in_channels, s.batch),
-                                                kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            grad_output.const_data_ptr<scalar_t>(),
+        launch_kernel<depthwise_dgrad_nhwc_kernel<scalar_t>>(
+            image_grid(s.in_h * s.in_w * s.in_channels, s.batch), kThreads, 0,
+            c10::cuda::getCurrentCUDAStream(), grad_output.const_data_ptr<scalar_t>(),
             act != Activation::None ? output.const_data_ptr<scalar_t>() : nullptr,
             weight.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), p,
             static_cast<int>(act));
@@ -304,11 +312,11 @@ void depthwise_conv2d_dgrad(const at::Tensor& grad_output, const at::Tensor& out
 
 void depthwise_conv2d_wgrad(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,
                             const at::Tensor& grad_weight, const Conv2dShape& s, Activation act) {
-  const DepthwiseParams p = depthwise_params(s);
+  const DepthwiseParams p = depthwise_params(s, /*per_image_int32=*/false);
   const int64_t pixels = s.batch * s.out_h * s.out_w;
   const int64_t taps = s.kernel_h * s.kernel_w;
   const int64_t col_blocks = ceil_div(s.out_channels, kWgradThreadsX);
-  const int sm_count = gemm_sm_count();
+  const int64_t sm_count = current_sm_count();
   // Enough blocks for about two waves, each summing at least 64 pixels.
   int64_t splits = std::max<int64_t>(1, ceil_div(2 * sm_count * 8, col_blocks * taps));
   splits = std::min({splits, std::max<int64_t>(1, ceil_div(pixels, 64)), int64_t{65535}});
@@ -323,8 +331,8 @@ void depthwise_conv2d_wgrad(const at::Tensor& grad_output, const at::Tensor& out
         const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(taps),
                         static_cast<unsigned>(splits));
         const dim3 block(kWgradThreadsX, kWgradThreadsY);
-        depthwise_wgrad_nhwc_kernel<scalar_t, acc_t><<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            grad_output.const_data_ptr<scalar_t>(),
+        launch_kernel<depthwise_wgrad_nhwc_kernel<scalar_t, acc_t>>(
+            grid, block, 0, c10::cuda::getCurrentCUDAStream(), grad_output.const_data_ptr<scalar_t>(),
             act != Activation::None ? output.const_data_ptr<scalar_t>() : nullptr,
             input.const_data_ptr<scalar_t>(), partials.mutable_data_ptr<acc_t>(), p, static_cast<int>(act),
             pixels_per_split);

@@ -36,7 +36,7 @@ LinearShape check_linear(const at::Tensor& input, const at::Tensor& weight) {
   check_same_dtype_device(weight, input, "weight", "input");
   check_dim(weight, 2, "weight", "out_features, in_features");
   TORCH_CHECK(input.dim() >= 1, "fastcnn: linear input must have at least 1 dimension, got a scalar");
-  TORCH_CHECK(input.is_cuda(), "fastcnn: linear CUDA kernel got input on ", input.device());
+  check_cuda_tensor(input, "input");
   LinearShape s;
   s.in_features = input.size(-1);
   s.out_features = weight.size(0);
@@ -151,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(fastcnn, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastcnn, FASTCNN_CUDA_DISPATCH_KEY, m) {
   m.impl("linear", &cuda::linear_cuda);
   m.impl("linear_backward", &cuda::linear_backward_cuda);
 }

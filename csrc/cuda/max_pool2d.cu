@@ -16,7 +16,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -212,12 +211,12 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, at::
     int64_t* idx = indices.mutable_data_ptr<int64_t>();
     if (fmt == at::MemoryFormat::ChannelsLast) {
       cuda::launch_nhwc_channel_vectors<scalar_t>(s.channels, total, in, out, [&](auto width, int64_t items) {
-        max_pool_forward_nhwc_kernel<scalar_t, decltype(width)::value>
-            <<<cuda::grid_for(items), cuda::kBlockThreads, 0, stream>>>(in, out, idx, items, s);
+        cuda::launch_kernel<max_pool_forward_nhwc_kernel<scalar_t, decltype(width)::value>>(
+            cuda::grid_for(items), cuda::kBlockThreads, 0, stream, in, out, idx, items, s);
       });
     } else {
-      max_pool_forward_nchw_kernel<scalar_t>
-          <<<cuda::grid_for(total), cuda::kBlockThreads, 0, stream>>>(in, out, idx, total, s);
+      cuda::launch_kernel<max_pool_forward_nchw_kernel<scalar_t>>(cuda::grid_for(total), cuda::kBlockThreads,
+                                                                  0, stream, in, out, idx, total, s);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -247,9 +246,12 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const at::Tensor go = grad_output.contiguous(fmt);
   const at::Tensor idx = indices.contiguous(fmt);
   const bool reduced = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
-  // half/bfloat16 gradients accumulate in an fp32 buffer, rounded once at the end.
-  at::Tensor grad_acc = at::zeros(
-      input.sizes(), input.options().dtype(reduced ? at::kFloat : input.scalar_type()).memory_format(fmt));
+  // half/bfloat16 gradients accumulate in an fp32 buffer, rounded once at the end. (at::zeros would drop
+  // the memory format of the options: the scatter below writes in `fmt` order.)
+  at::Tensor grad_acc =
+      at::empty(input.sizes(),
+                input.options().dtype(reduced ? at::kFloat : input.scalar_type()).memory_format(fmt))
+          .zero_();
   const int64_t channels = input.size(1);
   const int64_t in_plane = input.size(2) * input.size(3);
   const int64_t out_plane = go.size(2) * go.size(3);
@@ -259,44 +261,40 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const auto stream = cuda::current_stream();
   if (total > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                    "fastcnn_max_pool2d_backward_cuda", [&] {
-                                      using acc_t = at::opmath_type<scalar_t>;
-                                      const scalar_t* g = go.const_data_ptr<scalar_t>();
-                                      const int64_t* ix = idx.const_data_ptr<int64_t>();
-                                      acc_t* acc = grad_acc.mutable_data_ptr<acc_t>();
-                                      if (deterministic) {
-                                        const unsigned blocks = cuda::grid_for(planes * cuda::kWarpSize);
-                                        if (channels_last) {
-                                          max_pool_backward_ordered_kernel<scalar_t, acc_t, true>
-                                              <<<blocks, cuda::kBlockThreads, 0, stream>>>(
-                                                  g, ix, acc, planes, channels, out_plane, in_plane);
-                                        } else {
-                                          max_pool_backward_ordered_kernel<scalar_t, acc_t, false>
-                                              <<<blocks, cuda::kBlockThreads, 0, stream>>>(
-                                                  g, ix, acc, planes, channels, out_plane, in_plane);
-                                        }
-                                      } else {
-                                        const unsigned blocks = cuda::grid_for(total);
-                                        if (channels_last) {
-                                          max_pool_backward_atomic_kernel<scalar_t, acc_t, true>
-                                              <<<blocks, cuda::kBlockThreads, 0, stream>>>(
-                                                  g, ix, acc, total, channels, out_plane, in_plane);
-                                        } else {
-                                          max_pool_backward_atomic_kernel<scalar_t, acc_t, false>
-                                              <<<blocks, cuda::kBlockThreads, 0, stream>>>(
-                                                  g, ix, acc, total, channels, out_plane, in_plane);
-                                        }
-                                      }
-                                      C10_CUDA_KERNEL_LAUNCH_CHECK();
-                                    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_max_pool2d_backward_cuda", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          const scalar_t* g = go.const_data_ptr<scalar_t>();
+          const int64_t* ix = idx.const_data_ptr<int64_t>();
+          acc_t* acc = grad_acc.mutable_data_ptr<acc_t>();
+          if (deterministic) {
+            const unsigned blocks = cuda::grid_for(planes * cuda::kWarpSize);
+            if (channels_last) {
+              cuda::launch_kernel<max_pool_backward_ordered_kernel<scalar_t, acc_t, true>>(
+                  blocks, cuda::kBlockThreads, 0, stream, g, ix, acc, planes, channels, out_plane, in_plane);
+            } else {
+              cuda::launch_kernel<max_pool_backward_ordered_kernel<scalar_t, acc_t, false>>(
+                  blocks, cuda::kBlockThreads, 0, stream, g, ix, acc, planes, channels, out_plane, in_plane);
+            }
+          } else {
+            const unsigned blocks = cuda::grid_for(total);
+            if (channels_last) {
+              cuda::launch_kernel<max_pool_backward_atomic_kernel<scalar_t, acc_t, true>>(
+                  blocks, cuda::kBlockThreads, 0, stream, g, ix, acc, total, channels, out_plane, in_plane);
+            } else {
+              cuda::launch_kernel<max_pool_backward_atomic_kernel<scalar_t, acc_t, false>>(
+                  blocks, cuda::kBlockThreads, 0, stream, g, ix, acc, total, channels, out_plane, in_plane);
+            }
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
   }
   return reduced ? grad_acc.to(input.scalar_type()) : grad_acc;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastcnn, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastcnn, FASTCNN_CUDA_DISPATCH_KEY, m) {
   m.impl("max_pool2d", &max_pool2d_cuda);
   m.impl("max_pool2d_backward", &max_pool2d_backward_cuda);
 }

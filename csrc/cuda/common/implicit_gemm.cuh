@@ -24,6 +24,7 @@
 
 #include "common/activation.h"
 #include "cuda/common/epilogue.cuh"
+#include "cuda/common/launch.cuh"
 #include "cuda/common/mma.cuh"
 
 namespace fastcnn {
@@ -123,7 +124,7 @@ struct TileLoader {
     src = static_cast<const T*>(kIsA ? p.a : p.b);
     aux = kGradOperand && p.grad_activation != 0 ? static_cast<const T*>(p.a_aux) : nullptr;
     vec = kIsA ? p.a_vec : p.b_vec;
-    use_async = vec && aux == nullptr;
+    use_async = vec && aux == nullptr && has_cp_async();
     contig0 = (tid % kChunksPerLine) * kVec;
     line0 = tid / kChunksPerLine;
     if constexpr (kKMajor) {
@@ -389,7 +390,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) conv_gemm_kernel(const __gri
   using TileB = typename Traits::TileB;
   constexpr int kBM = Cfg::kBM, kBN = Cfg::kBN, kBK = Cfg::kBK;
 
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FASTCNN_EXTERN_SHARED(smem_raw);
   T* const smem = reinterpret_cast<T*>(smem_raw);
 
   const int tid = threadIdx.x;
@@ -545,20 +546,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) conv_gemm_kernel(const __gri
 
 namespace fastcnn {
 namespace cuda {
-
-// Attributes of the current device (ATen's CUDAContext.h would give them too, but it pulls in the
-// cuSPARSE/cuBLAS headers, which a bare toolkit lacks).
-inline int gemm_device_attribute(cudaDeviceAttr attr) {
-  int value = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, c10::cuda::current_device()));
-  return value;
-}
-inline int gemm_sm_count() {
-  return gemm_device_attribute(cudaDevAttrMultiProcessorCount);
-}
-inline int gemm_cc_major() {
-  return gemm_device_attribute(cudaDevAttrComputeCapabilityMajor);
-}
 
 // output = act(conv(input, weight) + bias + residual); weight is [OC, KH, KW, Cg] in memory.
 void conv_gemm_forward(const at::Tensor& input, const at::Tensor& weight_ohwi, const at::Tensor& bias,

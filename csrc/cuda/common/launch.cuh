@@ -1,6 +1,8 @@
-// Launch helpers shared by the fastcnn CUDA kernels: grid sizing for grid-stride loops, the current
-// stream, and the thread/stride arithmetic those loops use. Every index is int64 so that one launch can
-// cover tensors of more than 2^31 elements.
+// Launch helpers shared by the fastcnn CUDA kernels: the one kernel-launch call, grid sizing for
+// grid-stride loops, the current stream, and the thread/stride arithmetic those loops use. Every index is
+// int64 so that one launch can cover tensors of more than 2^31 elements. This header is also the seam of
+// the emulation build (FASTCNN_CUDA_EMU): there the kernels run on the host under csrc/emu's runtime,
+// take CPU tensors and register on the CPU dispatch key.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -12,25 +14,61 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <utility>
+
+#include "cuda/common/shared.cuh"
+
+#if FASTCNN_CUDA_EMU
+#include "emu/runtime.h"
+// The dispatch key the CUDA kernels register on: CPU tensors in the emulation build.
+#define FASTCNN_CUDA_DISPATCH_KEY CPU
+#else
+#define FASTCNN_CUDA_DISPATCH_KEY CUDA
+#endif
 
 namespace fastcnn {
 namespace cuda {
 
+// Launches Kernel<<<grid, block, shared_bytes, stream>>>(args...); every kernel of fastcnn goes through
+// here, so that the emulation build can run it. The caller still checks the launch
+// (C10_CUDA_KERNEL_LAUNCH_CHECK).
+template <auto Kernel, typename... Args>
+void launch_kernel(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, Args&&... args) {
+#if FASTCNN_CUDA_EMU
+  (void)stream;
+  ::fastcnn::emu::launch<Kernel>(grid, block, shared_bytes, std::forward<Args>(args)...);
+#else
+  // clang-format takes .cuh files for C++ and would split the triple chevrons.
+  // clang-format off
+  Kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+  // clang-format on
+#endif
+}
+
 constexpr int kBlockThreads = 256;
 constexpr int kWarpSize = 32;
 
-// Multiprocessor count of the current device, queried once per device. (ATen's CUDAContext.h would give
-// it too, but pulls in the cuBLAS/cuSPARSE headers, which not every toolkit install ships.)
-inline int64_t current_sm_count() {
+// An attribute of the current device, queried once per device and attribute. (ATen's CUDAContext.h would
+// give them too, but pulls in the cuBLAS/cuSPARSE headers, which not every toolkit install ships.)
+template <cudaDeviceAttr kAttr>
+int64_t cached_device_attribute() {
   static std::atomic<int> cached[256] = {};
   const int device = c10::cuda::current_device();
   TORCH_INTERNAL_ASSERT(device >= 0 && device < 256, "fastcnn: unexpected CUDA device index ", device);
-  int count = cached[device].load(std::memory_order_relaxed);
-  if (count == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-    cached[device].store(count, std::memory_order_relaxed);
+  int value = cached[device].load(std::memory_order_relaxed);
+  if (value == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttr, device));
+    cached[device].store(value, std::memory_order_relaxed);
   }
-  return count;
+  return value;
+}
+
+inline int64_t current_sm_count() {
+  return cached_device_attribute<cudaDevAttrMultiProcessorCount>();
+}
+
+inline int64_t current_cc_major() {
+  return cached_device_attribute<cudaDevAttrComputeCapabilityMajor>();
 }
 
 // Blocks for a grid-stride loop over `work` independent items: as many as the work needs, capped at
@@ -44,7 +82,12 @@ inline unsigned grid_for(int64_t work, int threads = kBlockThreads, int blocks_p
 }
 
 inline void check_cuda_tensor(const at::Tensor& t, const char* name) {
+#if FASTCNN_CUDA_EMU
+  TORCH_CHECK(t.is_cpu(), "fastcnn: ", name,
+              " must be a CPU tensor for the emulated CUDA kernels, got one on ", t.device());
+#else
   TORCH_CHECK(t.is_cuda(), "fastcnn: ", name, " must be a CUDA tensor, got one on ", t.device());
+#endif
 }
 
 inline cudaStream_t current_stream() {

@@ -3,6 +3,9 @@
 // tensor-core mma.sync shapes m16n8k16 (fp16/bf16 in, fp32 accumulate) and m16n8k8 (tf32 in, fp32
 // accumulate). Fragment layouts follow the PTX ISA "Matrix Fragments for mma.m16n8k16 / m16n8k8" tables:
 // with g = lane / 4 and t = lane % 4, a thread holds C/D elements (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1).
+//
+// Under FASTCNN_CUDA_EMU (the emulation build) each wrapper calls the emulator's implementation of the
+// same instruction instead of issuing inline PTX; the kernels that use them are compiled unchanged.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -12,6 +15,12 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/common/shared.cuh"
+
+#if FASTCNN_CUDA_EMU
+#include "emu/runtime.h"
+#endif
+
 namespace fastcnn {
 namespace cuda {
 
@@ -20,6 +29,82 @@ namespace cuda {
 #else
 #define FASTCNN_HAS_SM80_PTX 0
 #endif
+
+#if FASTCNN_CUDA_EMU
+// Source position of the caller, so that the emulator can name (and ablate) each wait_group site.
+#define FASTCNN_EMU_SITE_ARGS const char *site_file = __builtin_FILE(), int site_line = __builtin_LINE()
+#define FASTCNN_EMU_SITE \
+  ::fastcnn::emu::Site { \
+    site_file, site_line \
+  }
+
+// cp.async is available when the device is sm_80 or newer (a runtime property of the emulated device).
+__device__ __forceinline__ bool has_cp_async() {
+  return ::fastcnn::emu::device_properties().arch >= 80;
+}
+
+__device__ __forceinline__ uint32_t smem_address(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid, FASTCNN_EMU_SITE_ARGS) {
+  ::fastcnn::emu::cp_async(smem, gmem, valid ? 16 : 0, FASTCNN_EMU_SITE);
+}
+__device__ __forceinline__ void cp_async_commit(FASTCNN_EMU_SITE_ARGS) {
+  ::fastcnn::emu::cp_async_commit(FASTCNN_EMU_SITE);
+}
+__device__ __forceinline__ void cp_async_wait_all(FASTCNN_EMU_SITE_ARGS) {
+  ::fastcnn::emu::cp_async_wait(0, FASTCNN_EMU_SITE);
+}
+template <int N>
+__device__ __forceinline__ void ldmatrix_xn(uint32_t (&r)[N], const void* smem_row, bool trans,
+                                            ::fastcnn::emu::Site site) {
+  ::fastcnn::emu::ldmatrix(r, N, trans, smem_address(smem_row), site);
+}
+__device__ __forceinline__ void ldmatrix_x1(uint32_t (&r)[1], const void* smem_row, FASTCNN_EMU_SITE_ARGS) {
+  ldmatrix_xn(r, smem_row, false, FASTCNN_EMU_SITE);
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* smem_row, FASTCNN_EMU_SITE_ARGS) {
+  ldmatrix_xn(r, smem_row, false, FASTCNN_EMU_SITE);
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row, FASTCNN_EMU_SITE_ARGS) {
+  ldmatrix_xn(r, smem_row, false, FASTCNN_EMU_SITE);
+}
+__device__ __forceinline__ void ldmatrix_x1_trans(uint32_t (&r)[1], const void* smem_row,
+                                                  FASTCNN_EMU_SITE_ARGS) {
+  ldmatrix_xn(r, smem_row, true, FASTCNN_EMU_SITE);
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* smem_row,
+                                                  FASTCNN_EMU_SITE_ARGS) {
+  ldmatrix_xn(r, smem_row, true, FASTCNN_EMU_SITE);
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row,
+                                                  FASTCNN_EMU_SITE_ARGS) {
+  ldmatrix_xn(r, smem_row, true, FASTCNN_EMU_SITE);
+}
+template <typename T>
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
+                                             FASTCNN_EMU_SITE_ARGS) {
+  static_assert(std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>,
+                "m16n8k16 is instantiated for Half and BFloat16 only");
+  ::fastcnn::emu::mma(
+      std::is_same_v<T, c10::BFloat16> ? ::fastcnn::emu::MmaType::BF16 : ::fastcnn::emu::MmaType::F16, d, a,
+      b0, b1, FASTCNN_EMU_SITE);
+}
+__device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                 uint32_t b1, FASTCNN_EMU_SITE_ARGS) {
+  ::fastcnn::emu::mma(::fastcnn::emu::MmaType::TF32, d, a, b0, b1, FASTCNN_EMU_SITE);
+}
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  return ::fastcnn::emu::cvt_rna_tf32(x);
+}
+#undef FASTCNN_EMU_SITE_ARGS
+#undef FASTCNN_EMU_SITE
+#else
+
+// cp.async exists from sm_80 on; below it the loaders stage every chunk through registers instead.
+__device__ __forceinline__ constexpr bool has_cp_async() {
+  return FASTCNN_HAS_SM80_PTX != 0;
+}
 
 __device__ __forceinline__ uint32_t smem_address(const void* ptr) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
@@ -74,6 +159,44 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 #endif
 }
 
+// One or two 8x8 b16 matrices (lanes 0-7, or 0-15, supply the row addresses), plain and transposed.
+__device__ __forceinline__ void ldmatrix_x1(uint32_t (&r)[1], const void* smem_row) {
+#if FASTCNN_HAS_SM80_PTX
+  asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n"
+               : "=r"(r[0])
+               : "r"(smem_address(smem_row)));
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* smem_row) {
+#if FASTCNN_HAS_SM80_PTX
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_address(smem_row)));
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x1_trans(uint32_t (&r)[1], const void* smem_row) {
+#if FASTCNN_HAS_SM80_PTX
+  asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n"
+               : "=r"(r[0])
+               : "r"(smem_address(smem_row)));
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* smem_row) {
+#if FASTCNN_HAS_SM80_PTX
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_address(smem_row)));
+#else
+  __trap();
+#endif
+}
+
 // d += a * b for one 16x8x16 tile; T selects the f16 or bf16 instruction.
 template <typename T>
 __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
@@ -122,6 +245,8 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
   return __float_as_uint(x);
 #endif
 }
+
+#endif  // FASTCNN_CUDA_EMU
 
 }  // namespace cuda
 }  // namespace fastcnn

@@ -80,10 +80,11 @@ void launch_map(T* out, const T* a, const T* b, int64_t n, Op op) {
   constexpr int kWidth = kVecWidth<T>;
   const bool vectorized = is_aligned16(out) && is_aligned16(a) && (!Binary || is_aligned16(b));
   if (vectorized) {
-    map_kernel<T, kWidth, Binary>
-        <<<grid_for((n + kWidth - 1) / kWidth), kBlockThreads, 0, current_stream()>>>(out, a, b, n, op);
+    launch_kernel<map_kernel<T, kWidth, Binary, Op>>(grid_for((n + kWidth - 1) / kWidth), kBlockThreads, 0,
+                                                     current_stream(), out, a, b, n, op);
   } else {
-    map_kernel<T, 1, Binary><<<grid_for(n), kBlockThreads, 0, current_stream()>>>(out, a, b, n, op);
+    launch_kernel<map_kernel<T, 1, Binary, Op>>(grid_for(n), kBlockThreads, 0, current_stream(), out, a, b, n,
+                                                op);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -1,0 +1,83 @@
+// Internals of the fastcnn emulator shared by runtime.cpp and instructions.cpp: the running thread, warp
+// collectives and fault reporting. Not included by kernel code.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "emu/runtime.h"
+
+namespace fastcnn {
+namespace emu {
+
+// What one lane hands to a warp collective and what it gets back.
+struct LaneSlot {
+  uint64_t in[12];
+  uint64_t out[4];
+};
+
+enum class Collective : int {
+  Shfl,
+  Match,
+  SyncWarp,
+  Ldmatrix,  // + 2 * {0: x1, 1: x2, 2: x4} + trans: six kinds, so that lanes must agree on the variant
+  MmaF16 = Ldmatrix + 6,
+  MmaBF16,
+  MmaTF32,
+};
+
+const char* collective_name(int kind);
+
+using CollectiveFn = void (*)(LaneSlot* slots, unsigned participants);
+
+// Blocks the calling lane until every lane of `mask` in its warp has arrived at the same collective
+// (kind and site); the last to arrive runs `complete` over all slots. Returns the caller's slot.
+LaneSlot& warp_collective(int kind, unsigned mask, Site site, const LaneSlot& input, CollectiveFn complete);
+
+// Stops the running kernel with `message`, attributed to the running thread (or to `lane` of its warp).
+[[noreturn]] void fail(const std::string& message, int lane = -1);
+
+int current_lane();
+bool site_ablated(Site site);
+
+// ThreadSanitizer builds (make emu-tsan): each CUDA thread is a TSan fiber, fiber switches carry no
+// synchronisation, and the runtime's own bookkeeping is hidden from TSan (RuntimeScope), so that what
+// TSan orders are exactly the kernel's barriers, warp collectives and atomics. KernelScope re-exposes
+// the accesses an instruction makes on the kernel's behalf (ldmatrix's shared-memory reads, cp.async's
+// writes). In other builds both are empty.
+#if defined(__SANITIZE_THREAD__)
+struct RuntimeScope {
+  RuntimeScope();
+  ~RuntimeScope();
+};
+struct KernelScope {
+  KernelScope();
+  ~KernelScope();
+};
+void happens_before_release(const void* token);
+void happens_before_acquire(const void* token);
+#else
+struct RuntimeScope {};
+struct KernelScope {};
+inline void happens_before_release(const void*) {}
+inline void happens_before_acquire(const void*) {}
+#endif
+
+// Shared window: [0, dynamic bytes) maps to the block's dynamic shared memory.
+unsigned char* shared_pointer(uint32_t address, size_t bytes, const char* what, int lane = -1);
+bool in_dynamic_shared(const void* ptr, size_t bytes);
+
+// cp.async state of the running thread.
+struct AsyncCopy {
+  unsigned char* dst;
+  const unsigned char* src;
+  int src_bytes;
+};
+void push_async_copy(const AsyncCopy& copy);
+void commit_async_copies();
+void wait_async_copies(int pending_groups);
+
+}  // namespace emu
+}  // namespace fastcnn
