@@ -23,9 +23,22 @@ import fastcnn
 # --------------------------------------------------------------------------------------------------------
 
 
+#: True when FASTCNN_BACKEND=cuda-emu: CPU tensors are served by fastcnn's CUDA kernels under its SIMT
+#: emulator, and the `cuda` tests run there too (on CPU tensors), except those marked `gpu`.
+EMULATED = fastcnn.backend() == "cuda-emu"
+
+#: The device of the `cuda` tests: a GPU, or the CPU tensors of the emulated CUDA kernels.
+CUDA = "cpu" if EMULATED else "cuda"
+
+
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "cuda: needs a CUDA GPU and fastcnn's CUDA kernels (skipped otherwise)"
+        "markers",
+        "cuda: runs fastcnn's CUDA kernels: on a GPU, or under emulation (FASTCNN_BACKEND=cuda-emu)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "gpu: needs a real CUDA GPU (CUDA autocast, the CUDA allocator, NCCL, CPU/GPU device mixes)",
     )
 
 
@@ -45,9 +58,18 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
     if fastcnn.cuda_available():
         return
+    if EMULATED:
+        skip = pytest.mark.skip(reason="needs a real GPU; the emulated CUDA kernels take CPU tensors")
+        reduced = pytest.mark.skip(reason="the emulated CUDA kernels accept float16/bfloat16 CPU tensors")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+            elif "bad_input" in item.name and re.search(r"\[.*(fp16|bf16)", item.name):
+                item.add_marker(reduced)
+        return
     skip = pytest.mark.skip(reason="fastcnn CUDA kernels or a CUDA GPU not available")
     for item in items:
-        if "cuda" in item.keywords:
+        if "cuda" in item.keywords or "gpu" in item.keywords:
             item.add_marker(skip)
 
 
@@ -96,8 +118,9 @@ def _exact_cuda_math():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-#: Devices for tests that apply to both; the CUDA half is skipped without a GPU.
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+#: Devices for tests that apply to both; the CUDA half is skipped without a GPU. Under emulation "cpu"
+#: already runs the CUDA kernels.
+DEVICES = ["cpu"] if EMULATED else ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 #: Relative tolerance for a result computed in `dtype`, against a float64 reference on the same inputs.
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -205,6 +228,26 @@ def assert_close(out, ref, dtype=None, rtol=None, name="output"):
         assert err <= rtol, f"{name}: relative error {err:.3e} > {rtol:.1e}"
 
 
+#: d act / d x as a function of the output y, as the kernels apply it.
+ACT_PRIME = {
+    None: lambda y: torch.ones_like(y),
+    "relu": lambda y: (y > 0).to(y.dtype),
+    "sigmoid": lambda y: y * (1 - y),
+    "tanh": lambda y: (1 - y) * (1 + y),
+}
+
+
+def assert_componentwise(out, ref, magnitude, tol, name):
+    """|out - ref| <= tol * magnitude element by element, where magnitude is the same sum taken over
+    absolute values: the error bound of a dot product whose operands are rounded by a relative `tol`
+    (TF32: 2 * 2^-11 for the product of two rounded operands, < 1e-3), which holds however much the sum
+    cancels (a norm-wise relative error does not)."""
+    assert out.shape == ref.shape and torch.isfinite(out).all(), f"{name}: shape or non-finite values"
+    excess = (out.double() - ref).abs() - tol * magnitude
+    worst = excess.max().item()
+    assert worst <= 0, f"{name}: error exceeds {tol:.0e} x the sum of |terms| by {worst:.3e}"
+
+
 def assert_grads_close(pairs, dtype):
     """pairs: iterable of (name, fastcnn_leaf, reference_leaf); compares their .grad."""
     for name, leaf, ref_leaf in pairs:
@@ -212,3 +255,11 @@ def assert_grads_close(pairs, dtype):
             continue
         assert leaf.grad is not None, f"grad of {name} is missing"
         assert_close(leaf.grad, ref_leaf.grad, dtype, name=f"grad of {name}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """For scripts/barrier_ablation.py: how often the removed barrier site was reached in this run."""
+    report = os.environ.get("FASTCNN_EMU_ABLATE_REPORT")
+    if EMULATED and report:
+        with open(report, "w") as f:
+            f.write(str(torch.ops.fastcnn_emu.stats()[2]))

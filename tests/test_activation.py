@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import (
     ACTIVATIONS,
+    CUDA,
     DEVICES,
     TOL,
     TORCH_ACT,
@@ -258,8 +259,8 @@ def test_add_empty_batch_is_an_error_or_empty():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_elementwise_cuda_dtypes(dtype, activation):
-    x = make_tensor((2, 8, 13, 12), dtype, "cuda", torch.channels_last, requires_grad=True)
-    y = make_tensor((2, 8, 13, 12), dtype, "cuda", torch.channels_last, requires_grad=True)
+    x = make_tensor((2, 8, 13, 12), dtype, CUDA, torch.channels_last, requires_grad=True)
+    y = make_tensor((2, 8, 13, 12), dtype, CUDA, torch.channels_last, requires_grad=True)
     out = ops.add(x, y, activation=activation)
     xr, yr = reference_copy(x), reference_copy(y)
     ref = TORCH_ACT[activation](xr + yr)
@@ -273,14 +274,14 @@ def test_elementwise_cuda_dtypes(dtype, activation):
     assert_close(y.grad, yr.grad, dtype)
     if activation is not None:
         ours, theirs = UNARY[activation]
-        a = make_tensor((3, 1000), dtype, "cuda")
+        a = make_tensor((3, 1000), dtype, CUDA)
         assert_close(ours(a), theirs(a.double()), dtype)
 
 
-@pytest.mark.cuda
+@pytest.mark.gpu
 def test_add_cuda_autocast_promotes():
-    x = make_tensor((2, 3, 4, 4), torch.float16, "cuda")
-    y = make_tensor((2, 3, 4, 4), torch.float32, "cuda")
+    x = make_tensor((2, 3, 4, 4), torch.float16, CUDA)
+    y = make_tensor((2, 3, 4, 4), torch.float32, CUDA)
     with torch.autocast("cuda", dtype=torch.float16):
         out = ops.add(x, y, activation="relu")
     assert out.dtype == torch.float32

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, assert_close, assert_memory_format, make_tensor, reference_copy
+from conftest import CUDA, DEVICES, assert_close, assert_memory_format, make_tensor, reference_copy
 
 from fastcnn import ops
 
@@ -164,7 +164,7 @@ def test_adaptive_avg_pool2d_bad_input(call, match):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 def test_adaptive_avg_pool2d_cuda_dtypes(dtype, channels_last):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = make_tensor((2, 8, 13, 12), dtype, "cuda", fmt, requires_grad=True)
+    x = make_tensor((2, 8, 13, 12), dtype, CUDA, fmt, requires_grad=True)
     out = ops.adaptive_avg_pool2d(x, (3, 5))
     xr = reference_copy(x)
     ref = F.adaptive_avg_pool2d(xr, (3, 5))

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, assert_close, assert_memory_format, make_tensor, reference_copy
+from conftest import CUDA, DEVICES, assert_close, assert_memory_format, make_tensor, reference_copy
 
 from fastcnn import ops
 
@@ -214,7 +214,7 @@ def test_avg_pool2d_bad_input(call, match):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 def test_avg_pool2d_cuda_dtypes(dtype, channels_last):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = make_tensor((2, 8, 13, 12), dtype, "cuda", fmt, requires_grad=True)
+    x = make_tensor((2, 8, 13, 12), dtype, CUDA, fmt, requires_grad=True)
     out = ops.avg_pool2d(x, 3, 2, 1, True, False)
     xr = reference_copy(x)
     ref = F.avg_pool2d(xr, 3, 2, 1, True, False)

@@ -105,7 +105,7 @@ def test_compile_dynamic_shapes():
         assert_close(compiled(x), model(x).detach())
 
 
-@pytest.mark.cuda
+@pytest.mark.gpu
 def test_compile_cuda_autocast():
     torch._dynamo.reset()
     model = SmallCNN().cuda()

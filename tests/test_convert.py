@@ -10,6 +10,7 @@ import logging
 import pytest
 import torch
 import torchvision
+from conftest import CUDA
 from torch import nn
 
 import fastcnn
@@ -342,7 +343,7 @@ def test_timm_models_if_installed():
             assert _err(converted(x), model(x)) < 1e-9, name
 
 
-@pytest.mark.cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_converted_matches_under_cuda_autocast(dtype):
     torch.manual_seed(0)
@@ -361,9 +362,9 @@ def test_converted_matches_under_cuda_autocast(dtype):
 @pytest.mark.cuda
 def test_converted_train_step_matches_on_cuda():
     torch.manual_seed(0)
-    original = tv.resnet18(weights=None, num_classes=10).cuda()
+    original = tv.resnet18(weights=None, num_classes=10).to(CUDA)
     converted = fastcnn.convert(original)
-    x = torch.randn(4, 3, 64, 64, device="cuda")
+    x = torch.randn(4, 3, 64, 64, device=CUDA)
     fast, ref = _run(converted, x, True), _run(original, x, True)
     assert _err(fast[0][0], ref[0][0]) < 1e-4
     assert _err(fast[1], ref[1]) < 1e-3

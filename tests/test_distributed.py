@@ -160,7 +160,7 @@ def test_ddp_gloo_resnet18_matches_single_process():
     run_and_compare("gloo", torch.device("cpu"))
 
 
-@pytest.mark.cuda
+@pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL DDP needs two GPUs")
 def test_ddp_nccl_resnet18_matches_single_process():
     run_and_compare("nccl", torch.device("cuda", 0))

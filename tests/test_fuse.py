@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torchvision
+from conftest import CUDA
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -207,8 +208,8 @@ def test_frozen_batchnorm_is_folded():
 
 @pytest.mark.cuda
 def test_fused_matches_on_cuda():
-    model = _randomize_batchnorm(tv.resnet18(weights=None)).cuda().eval()
-    x = torch.randn(2, 3, 64, 64, device="cuda")
+    model = _randomize_batchnorm(tv.resnet18(weights=None)).to(CUDA).eval()
+    x = torch.randn(2, 3, 64, 64, device=CUDA)
     with torch.no_grad():
         ref64 = copy.deepcopy(model).double()(x.double())
         torch32 = model(x)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CUDA
 
 from fastcnn import ops
 
@@ -87,9 +88,9 @@ def test_max_pool2d_over_2pow31_elements_cpu():
 
 @pytest.mark.cuda
 def test_depthwise_conv2d_over_2pow31_elements_cuda():
-    check_depthwise_conv("cuda")
+    check_depthwise_conv(CUDA)
 
 
 @pytest.mark.cuda
 def test_max_pool2d_over_2pow31_elements_cuda():
-    check_max_pool("cuda")
+    check_max_pool(CUDA)
