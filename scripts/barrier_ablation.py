@@ -14,6 +14,7 @@ Prints a markdown table; exits non-zero when a site is neither caught nor shown 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -76,33 +77,24 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--site", default="", help="only sites whose path:line contains this")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per site")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="sites run at once")
     args = parser.parse_args()
-    results = []
-    for site, call in find_sites():
-        if args.site not in site:
-            continue
+    sites = [(site, call) for site, call in find_sites() if args.site in site]
+
+    def one(site_call: tuple[str, str]) -> dict:
+        site, call = site_call
         tests = TESTS.get(site.rsplit(":", 1)[0])
         if tests is None:
-            results.append(
-                {
-                    "site": site,
-                    "call": call,
-                    "tests": [],
-                    "hits": 0,
-                    "caught": False,
-                    "first_failure": None,
-                    "summary": "no tests listed for this file",
-                    "seconds": 0,
-                }
-            )
-            continue
+            result = {"tests": [], "hits": 0, "caught": False, "first_failure": None, "seconds": 0}
+            return {"site": site, "call": call, "summary": "no tests listed for this file", **result}
         result = run_site(site, tests, args.timeout)
         result["call"] = call
-        results.append(result)
-        print(
-            f"{site}: {'caught' if result['caught'] else 'NOT caught'} ({result['seconds']} s)",
-            file=sys.stderr,
-        )
+        verdict = "caught" if result["caught"] else "NOT caught"
+        print(f"{site}: {verdict} ({result['seconds']} s)", file=sys.stderr, flush=True)
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(one, sites))
     print("| site | call | reached | removal | first failing test |")
     print("|---|---|---|---|---|")
     unexplained = 0

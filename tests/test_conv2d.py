@@ -806,3 +806,71 @@ def test_conv2d_launches_query_no_device_attributes_once_cached():
     for _ in range(3):
         ops.conv2d(x, w, padding=1, activation="relu").sum().backward()
     assert torch.ops.fastcnn_emu.stats()[1] == before, "a launch queried cudaDeviceGetAttribute again"
+
+
+# Every dtype x layout x epilogue, forward and backward, on the two CUDA algorithms: the implicit GEMM
+# (a strided 3x3 with K and M tails and two groups) and the direct depthwise kernels.
+_MATRIX_EPILOGUES = {
+    "none": dict(bias=False, activation=None, residual=False),
+    "bias": dict(bias=True, activation=None, residual=False),
+    "bias-relu": dict(bias=True, activation="relu", residual=False),
+    "bias-res-sigmoid": dict(bias=True, activation="sigmoid", residual=True),
+    "res-tanh": dict(bias=False, activation="tanh", residual=True),
+}
+_MATRIX_GEOMETRY = {
+    "gemm": dict(
+        batch=2, in_channels=12, out_channels=10, size=(9, 8), kernel=(3, 3), stride=2, padding=1, groups=2
+    ),
+    "depthwise": dict(
+        batch=2, in_channels=8, out_channels=16, size=(7, 9), kernel=(3, 3), padding=1, groups=8
+    ),
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("epilogue", list(_MATRIX_EPILOGUES))
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "tf32", "fp32", "fp64"])
+@pytest.mark.parametrize("algorithm", list(_MATRIX_GEOMETRY))
+def test_conv2d_cuda_dtype_layout_epilogue_matrix(algorithm, dtype, layout, epilogue):
+    case = ConvCase(
+        **_MATRIX_GEOMETRY[algorithm], **_MATRIX_EPILOGUES[epilogue], channels_last=layout == "cl"
+    )
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}.get(
+        dtype, torch.float32
+    )
+    torch.backends.cudnn.allow_tf32 = dtype == "tf32"
+    tol = 1e-3 if dtype == "tf32" else TOL[torch_dtype]
+    x, w, b, r = _cuda_operands(case, torch_dtype)
+    out = ops.conv2d(
+        x, w, b, case.stride, case.padding, case.dilation, case.groups, activation=case.activation, residual=r
+    )
+    assert out.dtype == torch_dtype
+    assert_memory_format(out, x)
+    xr, wr, br, rr = (reference_copy(t) for t in (x, w, b, r))
+    ref = _torch_conv(case, xr, wr, br, rr)
+    grad = torch.randn_like(ref)
+    out.backward(grad.to(torch_dtype))
+    names = ("input", "weight", "bias", "residual")
+    if dtype == "tf32":  # componentwise bounds, as in test_conv2d_cuda_tf32
+        act_prime = ACT_PRIME[case.activation](out.detach().double())
+
+        def pre(xv, wv, bv, rv):
+            y = F.conv2d(xv, wv, bv, case.stride, case.padding, case.dilation, case.groups)
+            return y if rv is None else y + rv
+
+        with torch.no_grad():
+            magnitude = pre(*(t.detach().abs() if t is not None else None for t in (xr, wr, br, rr)))
+        assert_componentwise(out.detach(), ref.detach(), magnitude, tol, "output")
+        (pre(xr, wr, br, rr) * act_prime).backward(grad)
+        leaves = [t.detach().abs().requires_grad_() if t is not None else None for t in (xr, wr, br, rr)]
+        (pre(*leaves) * act_prime.abs()).backward(grad.abs())
+        for name, leaf, ref_leaf, mag in zip(names, (x, w, b, r), (xr, wr, br, rr), leaves, strict=True):
+            if leaf is not None:
+                assert_componentwise(leaf.grad, ref_leaf.grad, mag.grad, tol, f"grad of {name}")
+        return
+    _assert_rel(out, ref, tol, "output")
+    _reference_at_kernel_kinks(case, ref, out, xr, wr, br, rr).backward(grad)
+    for name, leaf, ref_leaf in zip(names, (x, w, b, r), (xr, wr, br, rr), strict=True):
+        if leaf is not None:
+            _assert_rel(leaf.grad, ref_leaf.grad, tol, f"grad of {name}")

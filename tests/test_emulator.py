@@ -275,3 +275,9 @@ def test_emulated_device_below_sm80_refuses_sm80_instructions():
             emu.test_ldmatrix(torch.zeros(256, dtype=torch.int16), 4, False)
     finally:
         emu.configure(arch, sms, -1)
+
+
+def test_new_cpu_tensors_start_as_nan():
+    # Output buffers are poisoned, so that an element a kernel never writes fails every comparison.
+    assert torch.isnan(torch.empty(1000)).all()
+    assert torch.isnan(torch.empty(64, dtype=torch.float16)).all()

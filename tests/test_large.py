@@ -94,3 +94,28 @@ def test_depthwise_conv2d_over_2pow31_elements_cuda():
 @pytest.mark.cuda
 def test_max_pool2d_over_2pow31_elements_cuda():
     check_max_pool(CUDA)
+
+
+def check_depthwise_nhwc_near_int32(device):
+    """A channels_last depthwise 1x1 conv whose image has just under 2^31 elements: the NHWC kernels index
+    within an image in int32 (checked by the host), but their grid-stride increment must not overflow.
+    On the emulated H100 (132 SMs) the stride is 4,224 blocks x 256 threads = 1,081,344 elements, so the
+    last strides of this 2,147,441,940-element image pass 2^31 - 1."""
+    channels, h, w = 3, 23170, 30894
+    assert TWO_POW_31 - 1 - 1_081_344 < channels * h * w <= TWO_POW_31 - 1
+    x = torch.empty(1, h, w, channels, device=device)
+    fill_uniform(x, seed=4)
+    x = x.permute(0, 3, 1, 2)  # channels_last view of the NHWC buffer
+    weight = torch.tensor([0.5, -2.0, 1.25], device=device).view(channels, 1, 1, 1)
+    bias = torch.tensor([0.25, 0.0, -0.5], device=device)
+    out = ops.conv2d(x, weight, bias, groups=channels)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    rows = 512  # reference chunk: each output element is x * w[c] + b[c]
+    for r0 in range(0, h, rows):
+        ref = x[:, :, r0 : r0 + rows] * weight.view(1, channels, 1, 1) + bias.view(1, channels, 1, 1)
+        torch.testing.assert_close(out[:, :, r0 : r0 + rows], ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_depthwise_conv2d_nhwc_image_near_2pow31_elements_cuda():
+    check_depthwise_nhwc_near_int32(CUDA)
