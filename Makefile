@@ -46,8 +46,8 @@ EMU_SANITIZE_TESTS ?= tests/test_emulator.py tests/test_conv2d.py tests/test_lin
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize=vptr -fno-sanitize-recover=undefined
 emu-asan: $(VENV)/.editable
 	FASTCNN_CUDA_EMU=1 FASTCNN_EMU_SUFFIX=_asan FASTCNN_EMU_FLAGS="$(ASAN_FLAGS)" $(PY) setup.py -q build_ext --inplace
-	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 \
-	  PYTHONMALLOC=malloc FASTCNN_BACKEND=cuda-emu FASTCNN_EMU_EXTENSION=_C_emu_asan \
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0 \
+	  PYTHONMALLOC=malloc FASTCNN_EMU_STACK_KB=2048 FASTCNN_BACKEND=cuda-emu FASTCNN_EMU_EXTENSION=_C_emu_asan \
 	  $(PY) -m pytest -q -p no:xdist -p no:cacheprovider $(EMU_SANITIZE_TESTS)
 emu-tsan: $(VENV)/.editable
 	FASTCNN_CUDA_EMU=1 FASTCNN_EMU_SUFFIX=_tsan FASTCNN_EMU_FLAGS="-fsanitize=thread" $(PY) setup.py -q build_ext --inplace

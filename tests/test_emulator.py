@@ -9,6 +9,7 @@ scripts/gpu_check.sh), the instruction outputs are also compared with it bit for
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from pathlib import Path
@@ -251,6 +252,8 @@ FAULTS = [
 
 @pytest.mark.parametrize("name,match", FAULTS, ids=[f[0] for f in FAULTS])
 def test_faults_are_reported_with_kernel_and_thread(name, match):
+    if name == "misaligned_vector" and os.environ.get("FASTCNN_EMU_EXTENSION", "_C_emu") != "_C_emu":
+        pytest.skip("sanitizer builds report misalignment through UBSan's own runtime, which aborts")
     scratch = torch.zeros(4096)
     with pytest.raises(RuntimeError, match=match) as info:
         emu.test_fault(name, scratch)

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -22,6 +23,7 @@
 #include "emu/scheduler.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define FASTCNN_EMU_ASAN 1
 #endif
@@ -201,9 +203,9 @@ struct Thread {
   std::vector<size_t> group_ends;  // copies[0, group_ends[i]) belong to commit groups 0..i
   size_t landed = 0;               // copies[0, landed) have landed
   size_t groups_done = 0;
+  uint64_t clean_epoch = 0;  // the fault epoch this fiber's stack and sanitizer state are clean for
 #if FASTCNN_EMU_TSAN
   void* tsan_fiber = nullptr;
-  bool tsan_abandoned = false;  // left inside a RuntimeScope by a fault: its ignore count is off
 #endif
 };
 
@@ -240,6 +242,9 @@ std::vector<Thread>& thread_pool() {
 }
 
 Launch* g_launch = nullptr;
+// Counts launches that ended in an error: their fibers were abandoned mid-frame, which leaves ASan's
+// stack shadow poisoned and TSan's ignore counts raised; prepare_fiber resets both before reuse.
+uint64_t g_fault_epoch = 0;
 Thread* g_running = nullptr;
 void* g_scheduler_sp = nullptr;
 #if FASTCNN_EMU_TSAN
@@ -317,7 +322,7 @@ void switch_to_scheduler() {
   __sanitizer_start_switch_fiber(t->state == State::Exited ? nullptr : &fake, g_scheduler_stack_bottom,
                                  g_scheduler_stack_size);
   fastcnn_emu_switch(&t->sp, g_scheduler_sp);
-  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+  __sanitizer_finish_switch_fiber(fake, &g_scheduler_stack_bottom, &g_scheduler_stack_size);
 #else
   fastcnn_emu_switch(&t->sp, g_scheduler_sp);
 #endif
@@ -333,7 +338,8 @@ void resume(Thread& t) {
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(&fake, t.stack.base, t.stack.bytes);
   fastcnn_emu_switch(&g_scheduler_sp, t.sp);
-  __sanitizer_finish_switch_fiber(fake, &g_scheduler_stack_bottom, &g_scheduler_stack_size);
+  // Back on the scheduler's stack: the "old" stack reported here is the fiber's, not ours.
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #else
   fastcnn_emu_switch(&g_scheduler_sp, t.sp);
 #endif
@@ -384,12 +390,17 @@ void prepare_fiber(Thread& t) {
   frame[7] = reinterpret_cast<uint64_t>(&fastcnn_emu_trampoline);  // return address
   frame[8] = 0;
   t.sp = frame;
+  if (t.clean_epoch != g_fault_epoch) {
+#if FASTCNN_EMU_ASAN
+    __asan_unpoison_memory_region(t.stack.base, t.stack.bytes);
+#endif
 #if FASTCNN_EMU_TSAN
-  if (t.tsan_abandoned) {
-    __tsan_destroy_fiber(t.tsan_fiber);
+    if (t.tsan_fiber != nullptr) __tsan_destroy_fiber(t.tsan_fiber);
     t.tsan_fiber = nullptr;
-    t.tsan_abandoned = false;
+#endif
+    t.clean_epoch = g_fault_epoch;
   }
+#if FASTCNN_EMU_TSAN
   if (t.tsan_fiber == nullptr) t.tsan_fiber = __tsan_create_fiber(0);
 #endif
 }
@@ -649,6 +660,7 @@ void run_grid(const LaunchConfig& config, ThreadBody body, void* context) {
   g_launch = &L;
   struct Reset {
     ~Reset() {
+      if (std::uncaught_exceptions() > 0) ++g_fault_epoch;
       g_launch = nullptr;
       g_running = nullptr;
       current = nullptr;
@@ -686,9 +698,7 @@ void fail(const std::string& message, int lane) {
   L.failed = true;
   L.error = where(L, t) + message;
   g_running->state = State::Exited;
-#if FASTCNN_EMU_TSAN
-  g_running->tsan_abandoned = true;
-#endif
+
   switch_to_scheduler();
   __builtin_trap();
 }

@@ -37,7 +37,7 @@ using CollectiveFn = void (*)(LaneSlot* slots, unsigned participants);
 LaneSlot& warp_collective(int kind, unsigned mask, Site site, const LaneSlot& input, CollectiveFn complete);
 
 // Stops the running kernel with `message`, attributed to the running thread (or to `lane` of its warp).
-[[noreturn]] void fail(const std::string& message, int lane = -1);
+FASTCNN_EMU_NORETURN void fail(const std::string& message, int lane = -1);
 
 int current_lane();
 bool site_ablated(Site site);
@@ -59,8 +59,12 @@ struct KernelScope {
 void happens_before_release(const void* token);
 void happens_before_acquire(const void* token);
 #else
-struct RuntimeScope {};
-struct KernelScope {};
+struct RuntimeScope {
+  RuntimeScope() {}  // user-provided: no unused-variable warning for the empty scope
+};
+struct KernelScope {
+  KernelScope() {}
+};
 inline void happens_before_release(const void*) {}
 inline void happens_before_acquire(const void*) {}
 #endif

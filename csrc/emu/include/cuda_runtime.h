@@ -86,6 +86,14 @@ enum cudaFuncAttribute {
   cudaFuncAttributePreferredSharedMemoryCarveout = 9,
 };
 
+// Calls that never return to a kernel are [[noreturn]] except under AddressSanitizer, whose handling of
+// no-return calls assumes the thread's own stack and trips on a fiber's.
+#if defined(__SANITIZE_ADDRESS__)
+#define FASTCNN_EMU_NORETURN
+#else
+#define FASTCNN_EMU_NORETURN [[noreturn]]
+#endif
+
 namespace fastcnn {
 namespace emu {
 
@@ -115,7 +123,7 @@ void sync_warp(unsigned mask, Site site);
 // `operand` the source lane, delta or lane mask and `width` the segment size.
 uint64_t shfl(unsigned mask, uint64_t value, int operand, int width, int mode, Site site);
 unsigned match_any(unsigned mask, uint64_t value, Site site);
-[[noreturn]] void trap(Site site);
+FASTCNN_EMU_NORETURN void trap(Site site);
 // The shared-window address of a generic pointer into shared memory (error when it points elsewhere).
 uint32_t shared_address(const void* ptr, Site site);
 unsigned char* dynamic_shared_memory();
@@ -187,7 +195,7 @@ unsigned __match_any_sync(unsigned mask, T value, const char* file = __builtin_F
                           int line = __builtin_LINE()) {
   return ::fastcnn::emu::match_any(mask, ::fastcnn::emu::to_bits64(value), {file, line});
 }
-[[noreturn]] inline void __trap(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+FASTCNN_EMU_NORETURN inline void __trap(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   ::fastcnn::emu::trap({file, line});
 }
 inline int __ffs(int x) {
