@@ -395,7 +395,8 @@ void prepare_fiber(Thread& t) {
     __asan_unpoison_memory_region(t.stack.base, t.stack.bytes);
 #endif
 #if FASTCNN_EMU_TSAN
-    if (t.tsan_fiber != nullptr) __tsan_destroy_fiber(t.tsan_fiber);
+    // Not destroyed: TSan stops the process when a fiber ends inside an ignore region. A fiber
+    // abandoned by a fault is left behind (one per thread per failed launch).
     t.tsan_fiber = nullptr;
 #endif
     t.clean_epoch = g_fault_epoch;
@@ -658,8 +659,23 @@ void run_grid(const LaunchConfig& config, ThreadBody body, void* context) {
   g_scheduler_tsan_fiber = __tsan_get_current_fiber();
 #endif
   g_launch = &L;
+  // The host's writes before the launch happen before every CUDA thread; every thread's accesses happen
+  // before the host's after it (TSan builds).
+  happens_before_release(&g_launch_token);
   struct Reset {
     ~Reset() {
+#if FASTCNN_EMU_TSAN
+      // Threads abandoned by a fault never reached their release: release on their behalf.
+      if (std::uncaught_exceptions() > 0) {
+        for (Thread& t : thread_pool()) {
+          if (t.tsan_fiber == nullptr) continue;
+          __tsan_switch_to_fiber(t.tsan_fiber, __tsan_switch_to_fiber_no_sync);
+          __tsan_release(&g_launch_token);
+        }
+        __tsan_switch_to_fiber(g_scheduler_tsan_fiber, __tsan_switch_to_fiber_no_sync);
+      }
+#endif
+      happens_before_acquire(&g_launch_token);
       if (std::uncaught_exceptions() > 0) ++g_fault_epoch;
       g_launch = nullptr;
       g_running = nullptr;
