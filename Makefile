@@ -40,6 +40,7 @@ test-cuda-emu: build-emu
 
 # The emulated op tests under AddressSanitizer + UBSan, and under ThreadSanitizer (every fiber a TSan
 # fiber, barriers and __syncwarp as its synchronisation): separate builds, fastcnn/_C_emu_{asan,tsan}.
+# TSan leaves out the 70,000-channel depthwise case: over 10 minutes under TSan's shadow tracking.
 EMU_SANITIZE_TESTS ?= tests/test_emulator.py tests/test_conv2d.py tests/test_linear.py tests/test_activation.py \
                       tests/test_max_pool2d.py tests/test_avg_pool2d.py tests/test_adaptive_avg_pool2d.py \
                       tests/test_augment.py
@@ -53,7 +54,7 @@ emu-tsan: $(VENV)/.editable
 	FASTCNN_CUDA_EMU=1 FASTCNN_EMU_SUFFIX=_tsan FASTCNN_EMU_FLAGS="-fsanitize=thread" $(PY) setup.py -q build_ext --inplace
 	LD_PRELOAD=$$(gcc -print-file-name=libtsan.so) TSAN_OPTIONS="halt_on_error=1 report_signal_unsafe=0" \
 	  OMP_NUM_THREADS=1 FASTCNN_BACKEND=cuda-emu FASTCNN_EMU_EXTENSION=_C_emu_tsan \
-	  $(PY) -m pytest -q -p no:xdist -p no:cacheprovider $(EMU_SANITIZE_TESTS)
+	  $(PY) -m pytest -q -p no:xdist -p no:cacheprovider $(EMU_SANITIZE_TESTS) -k "not more_than_65535_groups"
 
 # Removes one __syncthreads/__syncwarp/wait_group site at a time and reports which removals the tests notice.
 barrier-ablation: build-emu
