@@ -672,10 +672,8 @@ def _assert_rel(out, ref, tol, name):
     torch.testing.assert_close(out.double(), ref.double(), rtol=tol, atol=tol * scale * 4)
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("case", CUDA_CASES, ids=str)
-def test_conv2d_cuda_reduced_precision(case, dtype):
+def _run_cuda_case(case, dtype, tol, tf32):
+    """Runs `case` forward and backward in `dtype` on the CUDA kernels and checks it against float64."""
     x, w, b, r = _cuda_operands(case, dtype)
     out = ops.conv2d(
         x, w, b, case.stride, case.padding, case.dilation, case.groups, activation=case.activation, residual=r
@@ -686,7 +684,14 @@ def test_conv2d_cuda_reduced_precision(case, dtype):
     ref = _torch_conv(case, xr, wr, br, rr)
     grad = torch.randn_like(ref)
     out.backward(grad.to(dtype))
-    _assert_matches_reference(case, out, ref, grad, (x, w, b, r), (xr, wr, br, rr), TOL[dtype], tf32=False)
+    _assert_matches_reference(case, out, ref, grad, (x, w, b, r), (xr, wr, br, rr), tol, tf32)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", CUDA_CASES, ids=str)
+def test_conv2d_cuda_reduced_precision(case, dtype):
+    _run_cuda_case(case, dtype, TOL[dtype], tf32=False)
 
 
 def _assert_matches_reference(case, out, ref, grad, leaves, ref_leaves, tol, tf32):
@@ -725,16 +730,7 @@ def _assert_matches_reference(case, out, ref, grad, leaves, ref_leaves, tol, tf3
 def test_conv2d_cuda_tf32(case, tf32):
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    tol = 1e-3 if tf32 else 1e-5
-    x, w, b, r = _cuda_operands(case, torch.float32)
-    out = ops.conv2d(
-        x, w, b, case.stride, case.padding, case.dilation, case.groups, activation=case.activation, residual=r
-    )
-    xr, wr, br, rr = (reference_copy(t) for t in (x, w, b, r))
-    ref = _torch_conv(case, xr, wr, br, rr)
-    grad = torch.randn_like(ref)
-    out.backward(grad.float())
-    _assert_matches_reference(case, out, ref, grad, (x, w, b, r), (xr, wr, br, rr), tol, tf32)
+    _run_cuda_case(case, torch.float32, 1e-3 if tf32 else 1e-5, tf32)
 
 
 @pytest.mark.gpu
@@ -843,14 +839,4 @@ def test_conv2d_cuda_dtype_layout_epilogue_matrix(algorithm, dtype, layout, epil
     )
     torch.backends.cudnn.allow_tf32 = dtype == "tf32"
     tol = 1e-3 if dtype == "tf32" else TOL[torch_dtype]
-    x, w, b, r = _cuda_operands(case, torch_dtype)
-    out = ops.conv2d(
-        x, w, b, case.stride, case.padding, case.dilation, case.groups, activation=case.activation, residual=r
-    )
-    assert out.dtype == torch_dtype
-    assert_memory_format(out, x)
-    xr, wr, br, rr = (reference_copy(t) for t in (x, w, b, r))
-    ref = _torch_conv(case, xr, wr, br, rr)
-    grad = torch.randn_like(ref)
-    out.backward(grad.to(torch_dtype))
-    _assert_matches_reference(case, out, ref, grad, (x, w, b, r), (xr, wr, br, rr), tol, tf32=dtype == "tf32")
+    _run_cuda_case(case, torch_dtype, tol, tf32=dtype == "tf32")
