@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import _extension  # noqa: F401 - registers torch.ops.fastcnn.augment_affine
+
 __all__ = [
     "AugmentParams",
     "RandomAffineAugment",

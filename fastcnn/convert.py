@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import nn as fnn
+from ._extension import built_with_cuda
 
 __all__ = ["ConvertReport", "ConvertedLayer", "SkippedLayer", "convert", "supported_dtypes"]
 
@@ -65,11 +66,8 @@ def supported_dtypes(device: torch.device | str) -> tuple[torch.dtype, ...]:
     device_type = torch.device(device).type
     if device_type == "cpu":
         return (torch.float32, torch.float64)
-    if device_type == "cuda":
-        from . import built_with_cuda
-
-        if built_with_cuda():
-            return (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    if device_type == "cuda" and built_with_cuda():
+        return (torch.float32, torch.float64, torch.float16, torch.bfloat16)
     return ()
 
 
