@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import fastcnn
+from fastcnn import ops
 
 SCHEMA = "fastcnn-bench/1"
 CONTENDERS = ("fastcnn", "eager", "compile")
@@ -163,6 +164,8 @@ def spread(items: Sequence[Any], count: int | None) -> list[Any]:
 
 _fc = torch.ops.fastcnn
 _aten = torch.ops.aten
+#: Kernel codes of the epilogues timed: none, and the ReLU of the fused cases.
+_NONE, _RELU = ops.NO_ACTIVATION.code, ops.activation_code("relu")
 
 
 def torch_conv(x, w, b, stride, padding, dilation, groups):
@@ -215,32 +218,25 @@ def torch_adaptive_avg_pool_backward(go, x):
     return _aten._adaptive_avg_pool2d_backward(go, x)
 
 
-def torch_relu(x):
-    return torch.relu(x)
-
-
-def torch_sigmoid(x):
-    return torch.sigmoid(x)
-
-
-def torch_tanh(x):
-    return torch.tanh(x)
-
-
 def torch_add_relu(a, b):
     return torch.relu(a + b)
 
 
-def torch_relu_backward(go, y):
-    return _aten.threshold_backward(go, y, 0)
+def torch_activation(
+    act: ops.Activation,
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]:
+    """PyTorch's forward and backward of a registry activation, as Python functions: torch.compile
+    traces a Python function's code, while a builtin op handed to it directly would run uncompiled."""
+    reference, reference_backward = act.reference, act.reference_backward
 
+    def forward(x):
+        return reference(x)
 
-def torch_sigmoid_backward(go, y):
-    return _aten.sigmoid_backward(go, y)
+    def backward(go, y):
+        return reference_backward(go, y)
 
-
-def torch_tanh_backward(go, y):
-    return _aten.tanh_backward(go, y)
+    forward.__name__, backward.__name__ = f"torch_{act.name}", f"torch_{act.name}_backward"
+    return forward, backward
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -343,7 +339,7 @@ def conv_specs(
                 x, w, b, _, flops = _conv_tensors(layer, batch, cfg, device, layer["bias"])
                 args = (x, w, b, stride, padding, dilation, groups)
                 return Built(
-                    op_contenders(lambda *a: _fc.conv2d(*a, 0, None), torch_conv, args, compile_mode),
+                    op_contenders(lambda *a: _fc.conv2d(*a, _NONE, None), torch_conv, args, compile_mode),
                     flops=flops,
                 )
 
@@ -355,7 +351,7 @@ def conv_specs(
                 args = (go, x, w, bias_sizes, stride, padding, dilation, groups, mask)
 
                 def fast(go, x, w, bias_sizes, stride, padding, dilation, groups, mask):
-                    return _fc.conv2d_backward(go, x, w, None, stride, padding, dilation, groups, 0, mask)
+                    return _fc.conv2d_backward(go, x, w, None, stride, padding, dilation, groups, _NONE, mask)
 
                 # grad_input and grad_weight: each as many multiply-adds as the forward.
                 return Built(op_contenders(fast, torch_conv_backward, args, compile_mode), flops=2 * flops)
@@ -384,7 +380,7 @@ def fused_specs(
         def bias_relu(layer=layer, stride=stride, padding=padding, dilation=dilation, groups=groups):
             x, w, b, _, flops = _conv_tensors(layer, batch, cfg, device, True)
             args = (x, w, b, stride, padding, dilation, groups)
-            fast = lambda *a: _fc.conv2d(*a, 1, None)  # noqa: E731
+            fast = lambda *a: _fc.conv2d(*a, _RELU, None)  # noqa: E731
             return Built(op_contenders(fast, torch_conv_bias_relu, args, compile_mode), flops=flops)
 
         def residual_relu(layer=layer, stride=stride, padding=padding, dilation=dilation, groups=groups):
@@ -393,7 +389,7 @@ def fused_specs(
             args = (x, w, b, r, stride, padding, dilation, groups)
 
             def fast(x, w, b, r, stride, padding, dilation, groups):
-                return _fc.conv2d(x, w, b, stride, padding, dilation, groups, 1, r)
+                return _fc.conv2d(x, w, b, stride, padding, dilation, groups, _RELU, r)
 
             return Built(op_contenders(fast, torch_conv_bias_residual_relu, args, compile_mode), flops=flops)
 
@@ -433,13 +429,13 @@ def linear_specs(
 
             def forward(tensors=tensors):
                 x, w, b, flops = tensors()
-                fast = lambda x, w, b: _fc.linear(x, w, b, 0)  # noqa: E731
+                fast = lambda x, w, b: _fc.linear(x, w, b, _NONE)  # noqa: E731
                 return Built(op_contenders(fast, torch_linear, (x, w, b), compile_mode), flops=flops)
 
             def backward(tensors=tensors, fout=fout):
                 x, w, _, flops = tensors()
                 go = rand((batch, fout), cfg, device)
-                fast = lambda go, x, w: _fc.linear_backward(go, x, w, None, 0, [True, True, True])  # noqa: E731
+                fast = lambda go, x, w: _fc.linear_backward(go, x, w, None, _NONE, [True, True, True])  # noqa: E731
                 return Built(
                     op_contenders(fast, torch_linear_backward, (go, x, w), compile_mode), flops=2 * flops
                 )
@@ -585,9 +581,7 @@ def elementwise_specs(
     """relu / sigmoid / tanh, their backward, and the residual add (+ReLU) at activation sizes."""
     specs = []
     unary = [
-        ("relu", 1, _fc.relu, torch_relu, torch_relu_backward),
-        ("sigmoid", 2, _fc.sigmoid, torch_sigmoid, torch_sigmoid_backward),
-        ("tanh", 3, _fc.tanh, torch_tanh, torch_tanh_backward),
+        (name, act.code, getattr(_fc, name), *torch_activation(act)) for name, act in ops.ACTIVATIONS.items()
     ]
     for net in networks:
         for size in spread(ACTIVATION_SIZES.get(net, []), per_network):
@@ -613,7 +607,7 @@ def elementwise_specs(
 
             def add(size=size):
                 a, b = rand((batch, *size), cfg, device), rand((batch, *size), cfg, device)
-                fast = lambda a, b: _fc.add(a, b, 1)  # noqa: E731
+                fast = lambda a, b: _fc.add(a, b, _RELU)  # noqa: E731
                 # Eager runs the add and the ReLU as two kernels; fastcnn (and compile) fuse them.
                 return Built(op_contenders(fast, torch_add_relu, (a, b), compile_mode), bytes=3 * nbytes(a))
 

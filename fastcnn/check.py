@@ -108,17 +108,9 @@ def _conv_case(
         y = F.conv2d(x, w, b, stride, padding, dilation, groups)
         if r is not None:
             y = y + r
-        return _ACTIVATIONS[activation](y)
+        return ops.resolve_activation(activation).reference(y)
 
     return Case("conv2d", desc, make, run_fastcnn, run_reference, quick=quick)
-
-
-_ACTIVATIONS: dict[str | None, Callable[[Tensor], Tensor]] = {
-    None: lambda y: y,
-    "relu": F.relu,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-}
 
 
 def default_cases() -> list[Case]:
@@ -159,7 +151,7 @@ def default_cases() -> list[Case]:
             desc,
             make,
             lambda x, w, b: ops.linear(x, w, b, activation=activation),
-            lambda x, w, b: _ACTIVATIONS[activation](F.linear(x, w, b)),
+            lambda x, w, b: ops.resolve_activation(activation).reference(F.linear(x, w, b)),
             spatial=False,
             quick=quick,
         )
@@ -219,12 +211,10 @@ def default_cases() -> list[Case]:
             lambda x: F.adaptive_avg_pool2d(x, (4, 3)),
         ),
     ]
-    for name, fn, ref in (
-        ("relu", ops.relu, F.relu),
-        ("sigmoid", ops.sigmoid, torch.sigmoid),
-        ("tanh", ops.tanh, torch.tanh),
-    ):
-        cases.append(pool_case(name, "[4,32,14,14]", (4, 32, 14, 14), fn, ref, quick=True))
+    for name, act in ops.ACTIVATIONS.items():
+        cases.append(
+            pool_case(name, "[4,32,14,14]", (4, 32, 14, 14), getattr(ops, name), act.reference, quick=True)
+        )
     cases.append(
         Case(
             "add",

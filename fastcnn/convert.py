@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import nn as fnn
+from . import ops
 from ._extension import built_with_cuda
 
 __all__ = ["ConvertReport", "ConvertedLayer", "SkippedLayer", "convert", "supported_dtypes"]
@@ -35,9 +36,8 @@ _REPLACEMENTS: dict[type[nn.Module], type[nn.Module]] = {
     nn.MaxPool2d: fnn.MaxPool2d,
     nn.AvgPool2d: fnn.AvgPool2d,
     nn.AdaptiveAvgPool2d: fnn.AdaptiveAvgPool2d,
-    nn.ReLU: fnn.ReLU,
-    nn.Sigmoid: fnn.Sigmoid,
-    nn.Tanh: fnn.Tanh,
+    # nn.ReLU, nn.Sigmoid, nn.Tanh: the torch.nn class of every activation in the registry.
+    **{ops.ACTIVATIONS[name].module: cls for name, cls in fnn.ACTIVATION_MODULES.items()},
     nn.Flatten: fnn.Flatten,
 }
 
@@ -178,9 +178,10 @@ def convert(model: nn.Module, *, inplace: bool = False, strict: bool = False) ->
     """Swaps the torch layers of ``model`` that fastcnn serves for :mod:`fastcnn.nn` layers.
 
     Converted: ``Conv2d`` (every padding mode, groups, dilation, "same"/"valid"), ``Linear``,
-    ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, ``ReLU``, ``Sigmoid``, ``Tanh`` (in-place ones
-    too: fastcnn writes a new tensor, which is a correct substitute wherever the result is used) and
-    ``Flatten``. Matching is on the exact class, so a subclass with its own ``forward`` is never replaced.
+    ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, the activation modules of
+    :data:`fastcnn.ops.ACTIVATIONS` (``ReLU``, ``Sigmoid``, ``Tanh``; in-place ones too: fastcnn writes a
+    new tensor, which is a correct substitute wherever the result is used) and ``Flatten``. Matching is
+    on the exact class, so a subclass with its own ``forward`` is never replaced.
     Left on torch and listed in the report: BatchNorm (no fastcnn kernel; :func:`fastcnn.fuse` folds it
     for inference), ``AdaptiveMaxPool2d``, ``MaxPool2d(return_indices=True)``, 1-D/3-D and transposed
     convs, parametrized layers, and layers whose dtype/device fastcnn's kernels do not take (float16 or

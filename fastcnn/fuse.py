@@ -25,7 +25,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from . import nn as fnn
@@ -36,34 +35,19 @@ __all__ = ["FuseReport", "FusedBasicBlock", "FusedBottleneck", "fold_batchnorm",
 
 logger = logging.getLogger(__name__)
 
+# What fuse recognises as an activation, by the name the fused layers take: the torch.nn and fastcnn.nn
+# modules, the torch / torch.nn.functional / fastcnn.ops functions and the Tensor methods of each.
 _ACTIVATION_MODULES: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu",
-    fnn.ReLU: "relu",
-    nn.Sigmoid: "sigmoid",
-    fnn.Sigmoid: "sigmoid",
-    nn.Tanh: "tanh",
-    fnn.Tanh: "tanh",
+    cls: name
+    for name, act in ops.ACTIVATIONS.items()
+    for cls in (act.module, fnn.ACTIVATION_MODULES.get(name))
+    if cls is not None
 }
-_ACTIVATION_FUNCTIONS = {
-    F.relu: "relu",
-    torch.relu: "relu",
-    torch.relu_: "relu",
-    F.relu_: "relu",
-    ops.relu: "relu",
-    torch.sigmoid: "sigmoid",
-    F.sigmoid: "sigmoid",
-    ops.sigmoid: "sigmoid",
-    torch.tanh: "tanh",
-    F.tanh: "tanh",
-    ops.tanh: "tanh",
+_ACTIVATION_FUNCTIONS: dict[object, str] = {
+    fn: name for name, act in ops.ACTIVATIONS.items() for fn in (*act.functions, getattr(ops, name))
 }
-_ACTIVATION_METHODS = {
-    "relu": "relu",
-    "relu_": "relu",
-    "sigmoid": "sigmoid",
-    "sigmoid_": "sigmoid",
-    "tanh": "tanh",
-    "tanh_": "tanh",
+_ACTIVATION_METHODS: dict[str, str] = {
+    method: name for name, act in ops.ACTIVATIONS.items() for method in act.methods
 }
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _ADD_METHODS = ("add", "add_")
@@ -141,9 +125,7 @@ _FASTCNN_LEAVES = (
     fnn.MaxPool2d,
     fnn.AvgPool2d,
     fnn.AdaptiveAvgPool2d,
-    fnn.ReLU,
-    fnn.Sigmoid,
-    fnn.Tanh,
+    *fnn.ACTIVATION_MODULES.values(),
     fnn.Flatten,
     fnn.ResidualAdd,
 )

@@ -7,29 +7,32 @@ fastcnn's kernels. A state_dict saved from ``torch.nn`` loads into ``fastcnn.nn`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
 
 __all__ = [
+    "ACTIVATION_MODULES",
     "AdaptiveAvgPool2d",
     "AvgPool2d",
     "Conv2d",
     "Flatten",
     "Linear",
     "MaxPool2d",
-    "ReLU",
     "ResidualAdd",
-    "Sigmoid",
-    "Tanh",
+    # and the module of each activation, generated from fastcnn.ops.ACTIVATIONS: ReLU, Sigmoid, Tanh
 ]
 
 
 class Conv2d(nn.Conv2d):
     """:class:`torch.nn.Conv2d` on fastcnn kernels, with an optional fused activation.
 
-    Extra argument ``activation`` (None, "relu", "sigmoid", "tanh") is applied in the conv's epilogue.
+    Extra argument ``activation`` (None or a name in :data:`fastcnn.ops.ACTIVATIONS`) is applied in the
+    conv's epilogue.
     ``forward(x, residual=None)`` also takes a residual added before the activation. padding_mode
     "zeros" is native; "reflect", "replicate" and "circular" pad the input first, as torch.nn does.
     """
@@ -115,26 +118,31 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
         return ops.adaptive_avg_pool2d(input, self.output_size)
 
 
-class ReLU(nn.ReLU):
-    """:class:`torch.nn.ReLU` on fastcnn kernels. ``inplace=True`` is accepted but the output is always
-    a new tensor (the input is left untouched), which is always a correct substitute."""
+def _activation_module(act: ops.Activation) -> type[nn.Module]:
+    """The fastcnn.nn subclass of an activation's torch.nn class, running fastcnn's elementwise op."""
+    op = getattr(ops, act.name)
 
     def forward(self, input: Tensor) -> Tensor:
-        return ops.relu(input)
+        return op(input)
+
+    name = act.module.__name__
+    doc = f":class:`torch.nn.{name}` on fastcnn kernels."
+    if act.inplace_arg:
+        doc += (
+            " ``inplace=True`` is accepted but the output is always a new tensor (the input is left "
+            "untouched), which is always a correct substitute."
+        )
+    forward.__qualname__ = f"{name}.forward"
+    return type(name, (act.module,), {"__doc__": doc, "__module__": __name__, "forward": forward})
 
 
-class Sigmoid(nn.Sigmoid):
-    """:class:`torch.nn.Sigmoid` on fastcnn kernels."""
-
-    def forward(self, input: Tensor) -> Tensor:
-        return ops.sigmoid(input)
-
-
-class Tanh(nn.Tanh):
-    """:class:`torch.nn.Tanh` on fastcnn kernels."""
-
-    def forward(self, input: Tensor) -> Tensor:
-        return ops.tanh(input)
+#: The fastcnn.nn module of each activation in :data:`fastcnn.ops.ACTIVATIONS`, by activation name
+#: (``ACTIVATION_MODULES["relu"] is fastcnn.nn.ReLU``); each is also this module's attribute.
+ACTIVATION_MODULES: Mapping[str, type[nn.Module]] = MappingProxyType(
+    {act.name: _activation_module(act) for act in ops.ACTIVATIONS.values() if act.module is not None}
+)
+globals().update({cls.__name__: cls for cls in ACTIVATION_MODULES.values()})
+__all__ += [cls.__name__ for cls in ACTIVATION_MODULES.values()]
 
 
 class Flatten(nn.Flatten):
@@ -145,7 +153,7 @@ class Flatten(nn.Flatten):
 class ResidualAdd(nn.Module):
     """The residual join of a ResNet block: ``forward(x, identity) = act(x + identity)`` in one pass.
 
-    ``activation`` is None, "relu", "sigmoid" or "tanh" (ResNet uses "relu").
+    ``activation`` is None or a name in :data:`fastcnn.ops.ACTIVATIONS` (ResNet uses "relu").
     """
 
     def __init__(self, activation: str | None = None) -> None:

@@ -4,48 +4,163 @@ Signatures mirror ``torch.nn.functional``. Each op runs fastcnn's own CPU or CUD
 through fastcnn's backward kernels (registered with ``torch.library.register_autograd``) and has a fake
 (shape-only) kernel, so models built from these ops run under ``torch.compile(fullgraph=True)``.
 
-The conv and linear ops take a fused epilogue: ``activation`` ("relu", "sigmoid", "tanh" or None) and,
-for conv2d, a ``residual`` tensor added before the activation, all applied in the pass that writes the
-output.
+The conv and linear ops take a fused epilogue: ``activation`` (a name in :data:`ACTIVATIONS`: "relu",
+"sigmoid", "tanh", or None) and, for conv2d, a ``residual`` tensor added before the activation, all
+applied in the pass that writes the output.
+
+Activations are one registry, :data:`ACTIVATIONS`: each row names an activation, its kernel code and
+its PyTorch counterparts. The elementwise op of each (``relu``, ``sigmoid``, ``tanh``), its fake kernel
+and its autograd formula are generated from the row, and so are the :mod:`fastcnn.nn` modules,
+:func:`fastcnn.convert`'s and :func:`fastcnn.fuse`'s mappings and the references the checks and
+benchmarks compare with: adding an activation on the Python side is adding its row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch._prims_common import suggest_memory_format
+
+from . import _extension  # noqa: F401 - registers the torch.ops.fastcnn.* schemas used below
 
 __all__ = [
     "ACTIVATIONS",
+    "NO_ACTIVATION",
+    "Activation",
+    "activation_code",
     "adaptive_avg_pool2d",
     "add",
     "avg_pool2d",
     "conv2d",
     "linear",
     "max_pool2d",
-    "relu",
-    "sigmoid",
-    "tanh",
+    "resolve_activation",
+    # and the elementwise op of each activation, generated from ACTIVATIONS: relu, sigmoid, tanh
 ]
-
-#: Activation names accepted by the fused ops, and the code the C++ kernels use for each.
-ACTIVATIONS: dict[str | None, int] = {None: 0, "none": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
 IntPair = int | Sequence[int]
 
 _ops = torch.ops.fastcnn
+_aten = torch.ops.aten
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the activation registry
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation fastcnn's kernels apply, and its PyTorch counterparts.
+
+    The kernels differentiate every activation from its output alone (``fastcnn::activation_backward``
+    takes the forward's output, never its input), so ``derivative`` is written in terms of the output.
+    """
+
+    #: The name the fused ops' ``activation=`` takes, and of its elementwise op ``fastcnn::<name>``.
+    name: str
+    #: The C++ kernels' code (the X-macro table of csrc/ fixes it; 0 is no activation).
+    code: int
+    #: The docstring's first sentence for the generated op and module.
+    doc: str
+    #: PyTorch's op: the reference fastcnn's results are compared with.
+    reference: Callable[[Tensor], Tensor]
+    #: d act / d x as a function of the output y, in the form the kernels compute it.
+    derivative: Callable[[Tensor], Tensor]
+    #: PyTorch's backward op, ``(grad_output, output) -> grad_input``, as autograd runs it.
+    reference_backward: Callable[[Tensor, Tensor], Tensor]
+    #: The ``torch.nn`` class: :func:`fastcnn.convert` replaces it with the fastcnn.nn subclass.
+    module: type[nn.Module] | None = None
+    #: torch / torch.nn.functional callables that :func:`fastcnn.fuse` folds into a conv/linear epilogue.
+    functions: tuple[Callable[..., Tensor], ...] = ()
+    #: Tensor method names that :func:`fastcnn.fuse` folds likewise.
+    methods: tuple[str, ...] = ()
+    #: Whether torch.nn.functional's op (and the torch.nn module) takes ``inplace``.
+    inplace_arg: bool = False
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
+#: No activation: the code and identity the fused ops use for ``activation=None`` (or "none").
+NO_ACTIVATION = Activation(
+    name="none",
+    code=0,
+    doc="No activation.",
+    reference=_identity,
+    derivative=torch.ones_like,
+    reference_backward=lambda grad_output, output: grad_output,
+)
+
+#: Every activation the fused ops take, by name (lower case), in kernel-code order.
+ACTIVATIONS: Mapping[str, Activation] = MappingProxyType(
+    {
+        a.name: a
+        for a in (
+            Activation(
+                name="relu",
+                code=1,
+                doc="ReLU, ``max(x, 0)``.",
+                reference=torch.relu,
+                derivative=lambda y: (y > 0).to(y.dtype),
+                reference_backward=lambda grad_output, output: _aten.threshold_backward(
+                    grad_output, output, 0
+                ),
+                module=nn.ReLU,
+                functions=(F.relu, F.relu_, torch.relu, torch.relu_),
+                methods=("relu", "relu_"),
+                inplace_arg=True,
+            ),
+            Activation(
+                name="sigmoid",
+                code=2,
+                doc="Logistic sigmoid, ``1 / (1 + exp(-x))``.",
+                reference=torch.sigmoid,
+                derivative=lambda y: y * (1 - y),
+                reference_backward=_aten.sigmoid_backward,
+                module=nn.Sigmoid,
+                functions=(torch.sigmoid, F.sigmoid),
+                methods=("sigmoid", "sigmoid_"),
+            ),
+            Activation(
+                name="tanh",
+                code=3,
+                doc="Hyperbolic tangent.",
+                reference=torch.tanh,
+                derivative=lambda y: (1 - y) * (1 + y),
+                reference_backward=_aten.tanh_backward,
+                module=nn.Tanh,
+                functions=(torch.tanh, F.tanh),
+                methods=("tanh", "tanh_"),
+            ),
+        )
+    }
+)
+
+
+def resolve_activation(name: str | None) -> Activation:
+    """The registry row of an activation name (any case; None or "none": :data:`NO_ACTIVATION`);
+    raises ValueError naming the accepted names."""
+    if isinstance(name, str):
+        name = name.lower()
+    if name is None or name == NO_ACTIVATION.name:
+        return NO_ACTIVATION
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        accepted = ", ".join(["None", *map(repr, ACTIVATIONS)])
+        raise ValueError(f"activation must be one of {accepted}; got {name!r}") from None
 
 
 def activation_code(activation: str | None) -> int:
     """The kernel code of an activation name; raises ValueError naming the accepted names."""
-    if isinstance(activation, str):
-        activation = activation.lower()
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of None, 'relu', 'sigmoid', 'tanh'; got {activation!r}")
-    return ACTIVATIONS[activation]
+    return resolve_activation(activation).code
 
 
 def _pair(value: IntPair, name: str) -> list[int]:
@@ -147,8 +262,8 @@ def conv2d(
     """2-D convolution with a fused epilogue: ``act(conv2d(input, weight) + bias + residual)``.
 
     Arguments follow :func:`torch.nn.functional.conv2d` (``padding`` may be an int, a pair, "same" or
-    "valid"; ``groups == in_channels`` is a depthwise conv). ``activation`` is None, "relu", "sigmoid" or
-    "tanh"; ``residual`` must have the output's shape. Input may be 4-D or unbatched 3-D, NCHW or
+    "valid"; ``groups == in_channels`` is a depthwise conv). ``activation`` is None or a name in
+    :data:`ACTIVATIONS`; ``residual`` must have the output's shape. Input may be 4-D or unbatched 3-D, NCHW or
     channels_last; the output follows the input's memory format.
     """
     batched = _batched(input)
@@ -235,7 +350,7 @@ def linear(
     """Fully connected layer with a fused epilogue: ``act(input @ weight.T + bias)``.
 
     ``input`` is ``[*, in_features]`` (any number of leading dims), ``weight`` is
-    ``[out_features, in_features]``; ``activation`` is None, "relu", "sigmoid" or "tanh".
+    ``[out_features, in_features]``; ``activation`` is None or a name in :data:`ACTIVATIONS`.
     """
     _check_tensor(input, "input")
     _check_tensor(weight, "weight")
@@ -450,23 +565,35 @@ def _adaptive_avg_pool2d_backward_fake(grad_output, input):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def relu(input: Tensor, inplace: bool = False) -> Tensor:
-    """ReLU. ``inplace`` is accepted for torch.nn.functional compatibility; fastcnn always writes a new
-    tensor, since autograd needs the output and the input is often needed elsewhere."""
-    _check_tensor(input, "input")
-    return _ops.relu(input)
+def _elementwise_op(act: Activation) -> Callable[..., Tensor]:
+    """``fastcnn.ops.<name>``: the activation's own elementwise op, with torch.nn.functional's signature."""
+    kernel = getattr(_ops, act.name)
+    if act.inplace_arg:
+
+        def op(input: Tensor, inplace: bool = False) -> Tensor:
+            _check_tensor(input, "input")
+            return kernel(input)
+
+        doc = (
+            f"{act.doc} ``inplace`` is accepted for torch.nn.functional compatibility; fastcnn always "
+            "writes a new tensor, since autograd needs the output and the input is often needed elsewhere."
+        )
+    else:
+
+        def op(input: Tensor) -> Tensor:
+            _check_tensor(input, "input")
+            return kernel(input)
+
+        doc = act.doc
+    op.__name__ = op.__qualname__ = act.name
+    op.__doc__ = doc
+    return op
 
 
-def sigmoid(input: Tensor) -> Tensor:
-    """Logistic sigmoid, ``1 / (1 + exp(-x))``."""
-    _check_tensor(input, "input")
-    return _ops.sigmoid(input)
-
-
-def tanh(input: Tensor) -> Tensor:
-    """Hyperbolic tangent."""
-    _check_tensor(input, "input")
-    return _ops.tanh(input)
+# Generated so that a registry row is all an activation needs; public like any function of this module.
+for _act in ACTIVATIONS.values():
+    globals()[_act.name] = _elementwise_op(_act)
+__all__ += list(ACTIVATIONS)
 
 
 def add(input: Tensor, other: Tensor, *, activation: str | None = None) -> Tensor:
@@ -482,10 +609,6 @@ def add(input: Tensor, other: Tensor, *, activation: str | None = None) -> Tenso
 
 def _elementwise_fake(input):
     return _empty_like_format(input, input.shape)
-
-
-for _name in ("relu", "sigmoid", "tanh"):
-    torch.library.register_fake(f"fastcnn::{_name}", _elementwise_fake)
 
 
 @torch.library.register_fake("fastcnn::add")
@@ -512,10 +635,12 @@ def _activation_autograd(code: int):
     return backward
 
 
-for _name in ("relu", "sigmoid", "tanh"):
+for _act in ACTIVATIONS.values():
+    torch.library.register_fake(f"fastcnn::{_act.name}", _elementwise_fake)
     torch.library.register_autograd(
-        f"fastcnn::{_name}", _activation_autograd(ACTIVATIONS[_name]), setup_context=_save_output
+        f"fastcnn::{_act.name}", _activation_autograd(_act.code), setup_context=_save_output
     )
+del _act
 
 
 def _add_setup_context(ctx, inputs, output):

@@ -14,9 +14,9 @@ import zlib
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fastcnn
+from fastcnn import ops
 
 # --------------------------------------------------------------------------------------------------------
 # pytest plumbing
@@ -125,8 +125,11 @@ DEVICES = ["cpu"] if EMULATED else ["cpu", pytest.param("cuda", marks=pytest.mar
 #: Relative tolerance for a result computed in `dtype`, against a float64 reference on the same inputs.
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
-ACTIVATIONS = [None, "relu", "sigmoid", "tanh"]
-TORCH_ACT = {None: lambda t: t, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
+#: Every activation of fastcnn's registry, and None (no activation): what the fused ops' activation= takes.
+ACTIVATIONS = [None, *ops.ACTIVATIONS]
+#: PyTorch's op for each activation; the kernel code of each.
+TORCH_ACT = {name: ops.resolve_activation(name).reference for name in ACTIVATIONS}
+CODE = {name: ops.activation_code(name) for name in ACTIVATIONS}
 
 # --------------------------------------------------------------------------------------------------------
 # tensors
@@ -229,12 +232,7 @@ def assert_close(out, ref, dtype=None, rtol=None, name="output"):
 
 
 #: d act / d x as a function of the output y, as the kernels apply it.
-ACT_PRIME = {
-    None: lambda y: torch.ones_like(y),
-    "relu": lambda y: (y > 0).to(y.dtype),
-    "sigmoid": lambda y: y * (1 - y),
-    "tanh": lambda y: (1 - y) * (1 + y),
-}
+ACT_PRIME = {name: ops.resolve_activation(name).derivative for name in ACTIVATIONS}
 
 
 def assert_componentwise(out, ref, magnitude, tol, name):

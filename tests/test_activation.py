@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import (
     ACTIVATIONS,
+    CODE,
     CUDA,
     DEVICES,
     TOL,
@@ -20,8 +21,8 @@ from conftest import (
 
 from fastcnn import ops
 
-CODE = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
-UNARY = {"relu": (ops.relu, F.relu), "sigmoid": (ops.sigmoid, torch.sigmoid), "tanh": (ops.tanh, torch.tanh)}
+#: Each activation's own elementwise op, and PyTorch's.
+UNARY = {name: (getattr(ops, name), act.reference) for name, act in ops.ACTIVATIONS.items()}
 
 # (shape, channels_last, strided)
 LAYOUTS = [
@@ -187,7 +188,7 @@ def test_elementwise_opcheck(device):
             torch.library.opcheck(
                 getattr(torch.ops.fastcnn, name).default, (_make(layout, torch.float64, device),)
             )
-        for code in range(4):
+        for code in CODE.values():
             args = (_make(layout, torch.float64, device), _make(layout, torch.float64, device), code)
             torch.library.opcheck(torch.ops.fastcnn.add.default, args)
             y = torch.sigmoid(_make(layout, torch.float64, device, requires_grad=False))

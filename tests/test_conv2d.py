@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conftest import (
     ACT_PRIME,
     ACTIVATIONS,
+    CODE,
     CUDA,
     DEVICES,
     EMULATED,
@@ -27,8 +28,6 @@ from conftest import (
 
 import fastcnn
 from fastcnn import ops
-
-CODE = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
 
 @dataclass(frozen=True)
@@ -445,6 +444,10 @@ def test_conv2d_gradcheck(case, bias, device):
 # --------------------------------------------------------------------------------------------------------
 
 
+#: The activation name of each kernel code, for the samples that call torch.ops.fastcnn.* directly.
+ACTIVATION_OF_CODE = {code: name for name, code in CODE.items()}
+
+
 def _opcheck_conv_samples(device):
     samples = []
     for cl, groups, act, res, bias in [
@@ -483,7 +486,7 @@ def test_conv2d_backward_opcheck(device):
             padding,
             dilation,
             groups,
-            activation=[None, "relu", "sigmoid", "tanh"][act],
+            activation=ACTIVATION_OF_CODE[act],
         )
         g = torch.randn_like(y)
         for mask in ([True, True, True], [True, False, False], [False, True, True]):

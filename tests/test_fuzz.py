@@ -21,7 +21,15 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, EMULATED, TORCH_ACT, assert_close, assert_memory_format, relative_error
+from conftest import (
+    ACTIVATIONS,
+    DEVICES,
+    EMULATED,
+    TORCH_ACT,
+    assert_close,
+    assert_memory_format,
+    relative_error,
+)
 
 from fastcnn import ops
 
@@ -34,7 +42,7 @@ from hypothesis import strategies as st  # noqa: E402
 FUZZ_TOL = {torch.float64: 1e-10, torch.float32: 5e-5}
 
 DTYPES = st.sampled_from([torch.float32, torch.float64])
-ACTS = st.sampled_from([None, "relu", "sigmoid", "tanh"])
+ACTS = st.sampled_from(ACTIVATIONS)
 SEEDS = st.integers(0, 2**32 - 1)
 
 #: Layouts of a 4-D tensor; 3-D (unbatched) and other ranks use the ones that make sense for them.
@@ -426,7 +434,7 @@ def test_linear_random_configs_match_torch(
 @pytest.mark.parametrize("device", DEVICES)
 @given(
     shape=st.lists(st.integers(0, 5), min_size=0, max_size=5),
-    op=st.sampled_from(["add", "relu", "sigmoid", "tanh"]),
+    op=st.sampled_from(["add", *ops.ACTIVATIONS]),
     activation=ACTS,
     layouts=st.tuples(
         st.sampled_from([*LAYOUTS_ND, "transposed", "expanded", "channels_last"]),
@@ -685,7 +693,7 @@ def test_linear_invalid_configs_raise_clear_errors(corruption, extra, seed, devi
 @pytest.mark.parametrize("device", DEVICES)
 @given(
     corruption=st.sampled_from(["shape", "dtype", "int_dtype", "activation", "device_meta"]),
-    op=st.sampled_from(["add", "relu", "sigmoid", "tanh"]),
+    op=st.sampled_from(["add", *ops.ACTIVATIONS]),
     seed=SEEDS,
 )
 def test_elementwise_invalid_inputs_raise_clear_errors(corruption, op, seed, device):

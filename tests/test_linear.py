@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import (
     ACT_PRIME,
     ACTIVATIONS,
+    CODE,
     CUDA,
     DEVICES,
     TOL,
@@ -21,8 +22,6 @@ from conftest import (
 )
 
 from fastcnn import ops
-
-CODE = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
 # (input shape, out_features, bias, activation, noncontiguous input)
 CASES = [

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, TORCH_ACT, assert_close, make_tensor
+from conftest import ACTIVATIONS, DEVICES, TORCH_ACT, assert_close, make_tensor
 from torch import nn
 
 import fastcnn.nn as fnn
+from fastcnn import ops
 
 # (id, constructor args, kwargs, input shape, channels_last)
 MODULE_CASES = [
@@ -107,7 +108,7 @@ def test_maxpool_module_return_indices(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_conv2d_module_activation_and_residual(activation, device):
     ours = fnn.Conv2d(3, 4, 3, padding=1, activation=activation).to(device, torch.float64)
     conv = nn.Conv2d(3, 4, 3, padding=1).to(device, torch.float64)
@@ -136,21 +137,20 @@ def test_conv2d_module_activation_and_residual(activation, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_linear_module_activation(activation, device):
     ours = fnn.Linear(6, 3, activation=activation).to(device, torch.float64)
     lin = nn.Linear(6, 3).to(device, torch.float64)
     lin.load_state_dict(ours.state_dict(), strict=True)
-    ref_module = nn.Sequential(
-        lin, {None: nn.Identity(), "relu": nn.ReLU(), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh()}[activation]
-    )
+    act = nn.Identity() if activation is None else ops.ACTIVATIONS[activation].module()
+    ref_module = nn.Sequential(lin, act)
     x = make_tensor((4, 6), device=device, requires_grad=True)
     xr = x.detach().clone().requires_grad_()
     _compare(ours, ref_module, (x,), (xr,))
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_residual_add(activation, device):
     block = fnn.ResidualAdd(activation)
     assert list(block.state_dict()) == []
