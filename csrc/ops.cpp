@@ -1,11 +1,13 @@
 // fastcnn operator schemas. Every op is declared here once; CPU kernels register in csrc/cpu/<op>.cpp,
 // CUDA kernels in csrc/cuda/<op>.cu, autograd and fake (meta) kernels in fastcnn/ops.py.
 //
-// `activation` is an int code shared by every fused epilogue: 0 none, 1 relu, 2 sigmoid, 3 tanh
-// (see csrc/common/activation.h). Backward ops return a zero-element tensor for each gradient whose
+// `activation` is an int code shared by every fused epilogue, from the table in common/activation.h
+// (0 none, then one code per activation); each activation in that table also gets its standalone op. Backward ops return a zero-element tensor for each gradient whose
 // output_mask entry is false, so that every schema returns plain Tensors.
 #include <Python.h>
 #include <torch/library.h>
+
+#include "common/activation.h"
 
 // Importing fastcnn._C (or the emulation build's fastcnn._C_emu) from Python registers the ops; the
 // module itself holds no functions. torch's build defines TORCH_EXTENSION_NAME as the module's name.
@@ -45,9 +47,9 @@ TORCH_LIBRARY(fastcnn, m) {
       "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
   m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
   m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
-  m.def("relu(Tensor input) -> Tensor");
-  m.def("sigmoid(Tensor input) -> Tensor");
-  m.def("tanh(Tensor input) -> Tensor");
+#define FASTCNN_DEFINE_ACTIVATION_OP(Enum, code, op, Functor) m.def(#op "(Tensor input) -> Tensor");
+  FASTCNN_ACTIVATIONS(FASTCNN_DEFINE_ACTIVATION_OP)
+#undef FASTCNN_DEFINE_ACTIVATION_OP
   m.def("add(Tensor input, Tensor other, int activation) -> Tensor");
   m.def("activation_backward(Tensor grad_output, Tensor output, int activation) -> Tensor");
   m.def("augment_affine(Tensor input, Tensor theta, Tensor mean, Tensor std, int[2] out_size) -> Tensor");

@@ -7,6 +7,8 @@
 #include <c10/util/irange.h>
 
 #include <optional>
+#include <string>
+#include <vector>
 
 namespace fastcnn {
 
@@ -143,10 +145,138 @@ inline at::MemoryFormat output_memory_format(const at::Tensor& input) {
                                                                          : at::MemoryFormat::Contiguous;
 }
 
+// conv2d_backward's grad_output (the output's shape) and, when an activation was fused, the forward
+// output y its derivative is read from.
+inline void check_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                  const std::optional<at::Tensor>& output, const Conv2dShape& s,
+                                  bool has_activation) {
+  const std::vector<int64_t> out_sizes{s.batch, s.out_channels, s.out_h, s.out_w};
+  check_same_dtype_device(grad_output, input, "grad_output", "input");
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_sizes), "fastcnn: grad_output must have shape ",
+              at::IntArrayRef(out_sizes), ", got ", grad_output.sizes());
+  if (!has_activation) return;
+  TORCH_CHECK(output.has_value() && output->defined(),
+              "fastcnn: conv2d_backward needs the forward output when an activation is fused");
+  check_same_dtype_device(*output, input, "output", "input");
+  TORCH_CHECK(output->sizes() == at::IntArrayRef(out_sizes), "fastcnn: output must have shape ",
+              at::IntArrayRef(out_sizes), ", got ", output->sizes());
+}
+
+struct LinearShape {
+  int64_t rows, in_features, out_features;
+  std::vector<int64_t> out_sizes;  // input's leading dims + [out_features]
+};
+
+// Validates a linear call (input [*, in_features], weight [out_features, in_features], bias
+// [out_features]) and returns its geometry. `allow_reduced` is true on CUDA.
+inline LinearShape check_linear(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, bool allow_reduced) {
+  check_floating(input, "input", allow_reduced);
+  check_same_dtype_device(weight, input, "weight", "input");
+  TORCH_CHECK(input.dim() >= 1,
+              "fastcnn: linear input must have at least 1 dimension [*, in_features], got a ", input.dim(),
+              "-D tensor");
+  check_dim(weight, 2, "weight", "out_features, in_features");
+  TORCH_CHECK(input.size(-1) == weight.size(1), "fastcnn: linear input's last dimension (", input.size(-1),
+              ") must equal weight's in_features (weight shape ", weight.sizes(), ")");
+  TORCH_CHECK(weight.size(1) > 0, "fastcnn: linear weight has no input features (shape ", weight.sizes(),
+              ")");
+  TORCH_CHECK(weight.size(0) > 0, "fastcnn: linear weight has no output features (shape ", weight.sizes(),
+              ")");
+  if (bias.has_value() && bias->defined()) {
+    check_same_dtype_device(*bias, input, "bias", "input");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "fastcnn: bias must have shape [",
+                weight.size(0), "], got ", bias->sizes());
+  }
+  LinearShape s{};
+  s.in_features = weight.size(1);
+  s.out_features = weight.size(0);
+  s.rows = input.numel() / s.in_features;
+  s.out_sizes.assign(input.sizes().begin(), input.sizes().end() - 1);
+  s.out_sizes.push_back(s.out_features);
+  return s;
+}
+
+// linear_backward's grad_output (the output's shape) and, when an activation was fused, the output y.
+inline void check_linear_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                  const std::optional<at::Tensor>& output, const LinearShape& s,
+                                  bool has_activation) {
+  check_same_dtype_device(grad_output, input, "grad_output", "input");
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(s.out_sizes), "fastcnn: grad_output must have shape ",
+              at::IntArrayRef(s.out_sizes), ", got ", grad_output.sizes());
+  if (!has_activation) return;
+  TORCH_CHECK(output.has_value() && output->defined(),
+              "fastcnn: linear_backward needs the forward output when an activation is fused");
+  check_same_dtype_device(*output, input, "output", "input");
+  TORCH_CHECK(output->sizes() == at::IntArrayRef(s.out_sizes), "fastcnn: output must have shape ",
+              at::IntArrayRef(s.out_sizes), ", got ", output->sizes());
+}
+
+// Elementwise ops work in memory order: a 4-D tensor keeps its memory format (NCHW or channels_last),
+// anything else is made contiguous, so that every operand lines up element for element.
+inline at::MemoryFormat elementwise_format(const at::Tensor& t) {
+  return t.dim() == 4 ? output_memory_format(t) : at::MemoryFormat::Contiguous;
+}
+
+inline at::Tensor dense_in(const at::Tensor& t, at::MemoryFormat fmt) {
+  return t.dim() == 4 ? t.contiguous(fmt) : t.contiguous();
+}
+
+// The residual add: other matches input exactly (no broadcasting).
+inline void check_add(const at::Tensor& input, const at::Tensor& other, bool allow_reduced) {
+  check_floating(input, "input", allow_reduced);
+  check_same_dtype_device(other, input, "other", "input");
+  TORCH_CHECK(other.sizes() == input.sizes(), "fastcnn: add needs other to have input's shape ",
+              input.sizes(), ", got ", other.sizes());
+}
+
+inline void check_activation_backward(const at::Tensor& grad_output, const at::Tensor& output,
+                                      bool allow_reduced) {
+  check_floating(output, "output", allow_reduced);
+  check_same_dtype_device(grad_output, output, "grad_output", "output");
+  TORCH_CHECK(grad_output.sizes() == output.sizes(), "fastcnn: grad_output must have output's shape ",
+              output.sizes(), ", got ", grad_output.sizes());
+}
+
 struct Pool2dShape {
   int64_t batch, channels, in_h, in_w, out_h, out_w;
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
 };
+
+// A 4-D pooling input: dtype the device supports, a non-empty batch, channels and spatial size.
+inline void check_pool_input(const at::Tensor& input, bool allow_reduced) {
+  check_dim(input, 4, "input", "N, C, H, W");
+  check_floating(input, "input", allow_reduced);
+  TORCH_CHECK(input.size(0) > 0, "fastcnn: input has an empty batch (shape ", input.sizes(), ")");
+  TORCH_CHECK(input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0,
+              "fastcnn: input must have non-zero channels and spatial size, got shape ", input.sizes());
+}
+
+// A pooling backward's grad_output must be the forward output's gradient: input's dtype and device,
+// input's batch and channels, and (when known, else -1) the spatial size the forward produced.
+inline void check_pool_grad_output(const at::Tensor& grad_output, const at::Tensor& input, int64_t out_h,
+                                   int64_t out_w) {
+  check_dim(grad_output, 4, "grad_output", "N, C, outH, outW");
+  check_same_dtype_device(grad_output, input, "grad_output", "input");
+  TORCH_CHECK(grad_output.size(0) == input.size(0) && grad_output.size(1) == input.size(1) &&
+                  (out_h < 0 || grad_output.size(2) == out_h) && (out_w < 0 || grad_output.size(3) == out_w),
+              "fastcnn: grad_output has shape ", grad_output.sizes(), " but the pooling of input ",
+              input.sizes(), " produces [", input.size(0), ", ", input.size(1), ", ",
+              out_h < 0 ? "*" : std::to_string(out_h), ", ", out_w < 0 ? "*" : std::to_string(out_w), "]");
+  TORCH_CHECK(grad_output.size(2) > 0 && grad_output.size(3) > 0,
+              "fastcnn: grad_output must have a non-zero spatial size, got shape ", grad_output.sizes());
+}
+
+// max_pool2d_backward's indices: int64 on input's device, one per grad_output element.
+inline void check_max_pool_indices(const at::Tensor& indices, const at::Tensor& grad_output,
+                                   const at::Tensor& input) {
+  TORCH_CHECK(indices.scalar_type() == at::kLong,
+              "fastcnn: indices must be int64 (as max_pool2d returns them), got ", indices.scalar_type());
+  TORCH_CHECK(indices.device() == input.device(), "fastcnn: indices is on ", indices.device(),
+              " but input is on ", input.device());
+  TORCH_CHECK(indices.sizes() == grad_output.sizes(), "fastcnn: indices must have grad_output's shape ",
+              grad_output.sizes(), ", got ", indices.sizes());
+}
 
 // Validates max/avg pooling arguments (dilation is {1, 1} for avg pooling) and returns the geometry.
 inline Pool2dShape check_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
@@ -158,9 +288,7 @@ inline Pool2dShape check_pool2d(const at::Tensor& input, at::IntArrayRef kernel_
   check_positive_pair(stride, "stride");
   check_nonnegative_pair(padding, "padding");
   check_positive_pair(dilation, "dilation");
-  TORCH_CHECK(input.size(0) > 0, "fastcnn: input has an empty batch (shape ", input.sizes(), ")");
-  TORCH_CHECK(input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0,
-              "fastcnn: input must have non-zero channels and spatial size, got shape ", input.sizes());
+  check_pool_input(input, allow_reduced);
   TORCH_CHECK(padding[0] * 2 <= kernel_size[0] && padding[1] * 2 <= kernel_size[1], "fastcnn: padding ",
               padding, " must be at most half of kernel_size ", kernel_size);
   Pool2dShape s{};

@@ -1,4 +1,4 @@
-// CPU kernels for relu, sigmoid, tanh, the residual add (fused with its activation) and the activation
+// CPU kernels for the standalone activations (one op per row of common/activation.h), the residual add (fused with its activation) and the activation
 // backward. Algorithm: one flat pass over the elements in memory order, split across OpenMP threads by
 // at::parallel_for; each output element is read/written exactly once. Layout: any dense layout; inputs
 // are made dense in the input's memory format (NCHW or channels_last) so `other` and `output` line up
@@ -20,35 +20,27 @@ namespace {
 
 constexpr int64_t kGrain = 32768;
 
-at::Tensor dense(const at::Tensor& t, at::MemoryFormat fmt) {
-  return t.dim() == 4 ? t.contiguous(fmt) : t.contiguous();
-}
-
-at::MemoryFormat format_of(const at::Tensor& t) {
-  return t.dim() == 4 ? output_memory_format(t) : at::MemoryFormat::Contiguous;
-}
-
 template <typename T, Activation A>
 FASTCNN_SIMD_CLONES void activate_range(const T* __restrict x, T* __restrict y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = activate<T>(x[i], A);
+  for (int64_t i = 0; i < n; ++i) y[i] = ActivationFunctor<A>::forward(x[i]);
 }
 
 template <typename T, Activation A>
 FASTCNN_SIMD_CLONES void add_activate_range(const T* __restrict a, const T* __restrict b, T* __restrict y,
                                             int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = activate<T>(a[i] + b[i], A);
+  for (int64_t i = 0; i < n; ++i) y[i] = ActivationFunctor<A>::forward(a[i] + b[i]);
 }
 
 template <typename T, Activation A>
 FASTCNN_SIMD_CLONES void activation_grad_range(const T* __restrict g, const T* __restrict y, T* __restrict gx,
                                                int64_t n) {
-  for (int64_t i = 0; i < n; ++i) gx[i] = activation_grad<T>(g[i], y[i], A);
+  for (int64_t i = 0; i < n; ++i) gx[i] = ActivationFunctor<A>::backward(g[i], y[i]);
 }
 
 at::Tensor activation_forward(const at::Tensor& input, Activation act) {
   check_floating(input, "input", /*allow_reduced=*/false);
-  const auto fmt = format_of(input);
-  const at::Tensor x = dense(input, fmt);
+  const auto fmt = elementwise_format(input);
+  const at::Tensor x = dense_in(input, fmt);
   at::Tensor y = at::empty_like(x, fmt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastcnn_activation_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -62,25 +54,17 @@ at::Tensor activation_forward(const at::Tensor& input, Activation act) {
   return y;
 }
 
-at::Tensor relu_cpu(const at::Tensor& input) {
-  return activation_forward(input, Activation::ReLU);
-}
-at::Tensor sigmoid_cpu(const at::Tensor& input) {
-  return activation_forward(input, Activation::Sigmoid);
-}
-at::Tensor tanh_cpu(const at::Tensor& input) {
-  return activation_forward(input, Activation::Tanh);
+template <Activation A>
+at::Tensor activation_op_cpu(const at::Tensor& input) {
+  return activation_forward(input, A);
 }
 
 at::Tensor add_cpu(const at::Tensor& input, const at::Tensor& other, int64_t activation) {
   const Activation act = to_activation(activation);
-  check_floating(input, "input", /*allow_reduced=*/false);
-  check_same_dtype_device(other, input, "other", "input");
-  TORCH_CHECK(other.sizes() == input.sizes(), "fastcnn: add needs other to have input's shape ",
-              input.sizes(), ", got ", other.sizes());
-  const auto fmt = format_of(input);
-  const at::Tensor a = dense(input, fmt);
-  const at::Tensor b = dense(other, fmt);
+  check_add(input, other, /*allow_reduced=*/false);
+  const auto fmt = elementwise_format(input);
+  const at::Tensor a = dense_in(input, fmt);
+  const at::Tensor b = dense_in(other, fmt);
   at::Tensor y = at::empty_like(a, fmt);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fastcnn_add_cpu", [&] {
     const scalar_t* ap = a.const_data_ptr<scalar_t>();
@@ -98,13 +82,10 @@ at::Tensor add_cpu(const at::Tensor& input, const at::Tensor& other, int64_t act
 at::Tensor activation_backward_cpu(const at::Tensor& grad_output, const at::Tensor& output,
                                    int64_t activation) {
   const Activation act = to_activation(activation);
-  check_floating(output, "output", /*allow_reduced=*/false);
-  check_same_dtype_device(grad_output, output, "grad_output", "output");
-  TORCH_CHECK(grad_output.sizes() == output.sizes(), "fastcnn: grad_output must have output's shape ",
-              output.sizes(), ", got ", grad_output.sizes());
-  const auto fmt = format_of(output);
-  const at::Tensor g = dense(grad_output, fmt);
-  const at::Tensor y = dense(output, fmt);
+  check_activation_backward(grad_output, output, /*allow_reduced=*/false);
+  const auto fmt = elementwise_format(output);
+  const at::Tensor g = dense_in(grad_output, fmt);
+  const at::Tensor y = dense_in(output, fmt);
   at::Tensor gx = at::empty_like(y, fmt);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fastcnn_activation_backward_cpu", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
@@ -122,9 +103,9 @@ at::Tensor activation_backward_cpu(const at::Tensor& grad_output, const at::Tens
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastcnn, CPU, m) {
-  m.impl("relu", &relu_cpu);
-  m.impl("sigmoid", &sigmoid_cpu);
-  m.impl("tanh", &tanh_cpu);
+#define FASTCNN_IMPL_ACTIVATION_OP(Enum, code, op, Functor) m.impl(#op, &activation_op_cpu<Activation::Enum>);
+  FASTCNN_ACTIVATIONS(FASTCNN_IMPL_ACTIVATION_OP)
+#undef FASTCNN_IMPL_ACTIVATION_OP
   m.impl("add", &add_cpu);
   m.impl("activation_backward", &activation_backward_cpu);
 }

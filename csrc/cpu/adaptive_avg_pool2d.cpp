@@ -103,7 +103,7 @@ void check_output_size(at::IntArrayRef output_size) {
 }
 
 at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef output_size) {
-  pool::check_pool_input(input);
+  check_pool_input(input, /*allow_reduced=*/false);
   check_output_size(output_size);
   const AdaptivePlan plan = plan_adaptive(input, output_size[0], output_size[1]);
   const auto fmt = output_memory_format(input);
@@ -172,8 +172,8 @@ FASTCNN_SIMD_CLONES void adaptive_avg_pool_backward_nhwc_slice(const scalar_t* g
 }
 
 at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input) {
-  pool::check_pool_input(input);
-  pool::check_grad_output(grad_output, input, -1, -1);
+  check_pool_input(input, /*allow_reduced=*/false);
+  check_pool_grad_output(grad_output, input, -1, -1);
   const AdaptivePlan plan = plan_adaptive(input, grad_output.size(2), grad_output.size(3));
   const auto fmt = output_memory_format(input);
   const at::Tensor go = grad_output.contiguous(fmt);

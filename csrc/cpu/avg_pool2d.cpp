@@ -227,7 +227,7 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   const AvgPoolPlan plan =
       plan_avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
   const Pool2dShape& s = plan.shape;
-  pool::check_grad_output(grad_output, input, s.out_h, s.out_w);
+  check_pool_grad_output(grad_output, input, s.out_h, s.out_w);
   const auto fmt = output_memory_format(input);
   const at::Tensor go = grad_output.contiguous(fmt);
   at::Tensor grad_input = pool::empty_4d(input, s.batch, s.channels, s.in_h, s.in_w, fmt);

@@ -41,7 +41,9 @@
 
 #include "common/activation.h"
 #include "common/checks.h"
-#include "cpu/gemm_epilogue.h"
+#include "cpu/epilogue.h"
+#include "cpu/gemm.h"
+#include "cpu/slots.h"
 
 namespace fastcnn {
 namespace {
@@ -791,18 +793,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     at::IntArrayRef dilation, int64_t groups, int64_t activation, std::array<bool, 3> output_mask) {
   const Activation act = to_activation(activation);
   const Conv2dShape s = check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, false);
-  const std::vector<int64_t> out_sizes{s.batch, s.out_channels, s.out_h, s.out_w};
-  check_same_dtype_device(grad_output, input, "grad_output", "input");
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_sizes), "fastcnn: grad_output must have shape ",
-              at::IntArrayRef(out_sizes), ", got ", grad_output.sizes());
   const bool has_act = act != Activation::None;
-  if (has_act) {
-    TORCH_CHECK(output.has_value() && output->defined(),
-                "fastcnn: conv2d_backward needs the forward output when activation != 0");
-    check_same_dtype_device(*output, input, "output", "input");
-    TORCH_CHECK(output->sizes() == at::IntArrayRef(out_sizes), "fastcnn: output must have shape ",
-                at::IntArrayRef(out_sizes), ", got ", output->sizes());
-  }
+  check_conv2d_backward(grad_output, input, output, s, has_act);
   const bool need_input = output_mask[0], need_weight = output_mask[1], need_bias = output_mask[2];
   const auto opts = input.options();
   const auto fmt = output_memory_format(input);

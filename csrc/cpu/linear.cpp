@@ -25,7 +25,9 @@
 
 #include "common/activation.h"
 #include "common/checks.h"
-#include "cpu/gemm_epilogue.h"
+#include "cpu/epilogue.h"
+#include "cpu/gemm.h"
+#include "cpu/slots.h"
 
 namespace fastcnn {
 namespace {
@@ -37,53 +39,17 @@ constexpr int64_t kDotMaxRows = 1024;
 constexpr int64_t kMinRowChunk = 32;
 constexpr int64_t kMinColChunk = 64;
 
-struct LinearShape {
-  int64_t rows, in_features, out_features;
-};
-
-LinearShape check_linear(const at::Tensor& input, const at::Tensor& weight,
-                         const std::optional<at::Tensor>& bias) {
-  check_floating(input, "input", /*allow_reduced=*/false);
-  check_same_dtype_device(weight, input, "weight", "input");
-  TORCH_CHECK(input.dim() >= 1,
-              "fastcnn: linear input must have at least 1 dimension [*, in_features], got a ", input.dim(),
-              "-D tensor");
-  check_dim(weight, 2, "weight", "out_features, in_features");
-  TORCH_CHECK(input.size(-1) == weight.size(1), "fastcnn: linear input's last dimension (", input.size(-1),
-              ") must equal weight's in_features (weight shape ", weight.sizes(), ")");
-  TORCH_CHECK(weight.size(1) > 0, "fastcnn: linear weight has no input features (shape ", weight.sizes(),
-              ")");
-  TORCH_CHECK(weight.size(0) > 0, "fastcnn: linear weight has no output features (shape ", weight.sizes(),
-              ")");
-  if (bias.has_value() && bias->defined()) {
-    check_same_dtype_device(*bias, input, "bias", "input");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "fastcnn: bias must have shape [",
-                weight.size(0), "], got ", bias->sizes());
-  }
-  LinearShape s{};
-  s.in_features = weight.size(1);
-  s.out_features = weight.size(0);
-  s.rows = input.numel() / s.in_features;
-  return s;
-}
-
-std::vector<int64_t> output_sizes(const at::Tensor& input, int64_t out_features) {
-  std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end());
-  sizes.back() = out_features;
-  return sizes;
-}
-
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
                       const std::optional<at::Tensor>& bias, int64_t activation) {
   const Activation act = to_activation(activation);
-  const LinearShape s = check_linear(input, weight, bias);
+  const LinearShape s = check_linear(input, weight, bias, /*allow_reduced=*/false);
   const at::Tensor x = input.reshape({s.rows, s.in_features}).contiguous();
   const at::Tensor w = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   // Allocated at its final shape (not a view of a 2-D buffer): callers may modify it in place, e.g.
   // F.relu(linear(x), inplace=True), which autograd refuses on a view returned by a custom op.
-  at::Tensor out = at::empty(output_sizes(input, s.out_features), x.options());
+  at::Tensor out = at::empty(s.out_sizes, x.options());
   if (s.rows == 0) return out;  // an empty batch, as F.linear
 
   const int64_t threads = at::get_num_threads();
@@ -124,21 +90,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& output, int64_t activation, std::array<bool, 3> output_mask) {
   const Activation act = to_activation(activation);
-  const LinearShape s = check_linear(input, weight, std::nullopt);
-  check_same_dtype_device(grad_output, input, "grad_output", "input");
-  const auto out_sizes = output_sizes(input, s.out_features);
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_sizes), "fastcnn: grad_output must have shape ",
-              at::IntArrayRef(out_sizes), ", got ", grad_output.sizes());
+  const LinearShape s = check_linear(input, weight, std::nullopt, /*allow_reduced=*/false);
   const bool has_act = act != Activation::None;
-  at::Tensor y;
-  if (has_act) {
-    TORCH_CHECK(output.has_value() && output->defined(),
-                "fastcnn: linear_backward needs the forward output when activation != 0");
-    check_same_dtype_device(*output, input, "output", "input");
-    TORCH_CHECK(output->sizes() == at::IntArrayRef(out_sizes), "fastcnn: output must have shape ",
-                at::IntArrayRef(out_sizes), ", got ", output->sizes());
-    y = output->reshape({s.rows, s.out_features}).contiguous();
-  }
+  check_linear_backward(grad_output, input, output, s, has_act);
+  const at::Tensor y = has_act ? output->reshape({s.rows, s.out_features}).contiguous() : at::Tensor();
   const bool need_input = output_mask[0], need_weight = output_mask[1], need_bias = output_mask[2];
   const auto opts = input.options();
   const int64_t M = s.rows, K = s.in_features, N = s.out_features;

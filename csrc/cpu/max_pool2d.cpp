@@ -255,14 +255,9 @@ FASTCNN_SIMD_CLONES bool max_pool_backward_nhwc_slice(const scalar_t* grad_outpu
 
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                    const at::Tensor& indices) {
-  pool::check_pool_input(input);
-  pool::check_grad_output(grad_output, input, -1, -1);
-  TORCH_CHECK(indices.scalar_type() == at::kLong,
-              "fastcnn: indices must be int64 (as max_pool2d returns them), got ", indices.scalar_type());
-  TORCH_CHECK(indices.device() == input.device(), "fastcnn: indices is on ", indices.device(),
-              " but input is on ", input.device());
-  TORCH_CHECK(indices.sizes() == grad_output.sizes(), "fastcnn: indices must have grad_output's shape ",
-              grad_output.sizes(), ", got ", indices.sizes());
+  check_pool_input(input, /*allow_reduced=*/false);
+  check_pool_grad_output(grad_output, input, -1, -1);
+  check_max_pool_indices(indices, grad_output, input);
   const auto fmt = output_memory_format(input);
   const at::Tensor go = grad_output.contiguous(fmt);
   const at::Tensor ind = indices.contiguous(fmt);

@@ -1,6 +1,5 @@
-// Window arithmetic, argument checks and work partitioning shared by the CPU pooling kernels
-// (max_pool2d.cpp, avg_pool2d.cpp, adaptive_avg_pool2d.cpp). The window rules reproduce ATen's CPU
-// pooling kernels exactly, so that outputs, indices and divisors agree with PyTorch element for element.
+// Work partitioning and loop helpers shared by the CPU pooling kernels (max_pool2d.cpp, avg_pool2d.cpp,
+// adaptive_avg_pool2d.cpp). The window arithmetic itself is common/pool_window.h, shared with CUDA.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -15,6 +14,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/pool_window.h"
 #include "cpu/simd_clones.h"
 
 namespace fastcnn {
@@ -35,47 +35,6 @@ constexpr int64_t kGrain = 32768;
 
 inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work_per_item));
-}
-
-// A half-open range [begin, end) of input rows (or columns) read by one output row (or column).
-struct Span {
-  int64_t begin, end;
-};
-
-// Max pooling taps o*stride - pad + k*dilation, k in [0, kernel), restricted to [0, in): `begin` is the
-// first tap inside the input, `end` bounds the last. Taps are visited from begin in steps of dilation.
-inline Span max_pool_span(int64_t o, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation,
-                          int64_t in) {
-  int64_t begin = o * stride - pad;
-  const int64_t end = std::min(begin + (kernel - 1) * dilation + 1, in);
-  while (begin < 0) begin += dilation;
-  return {begin, end};
-}
-
-// The outputs o in [0, out) whose tap o * stride + offset lies inside [0, in).
-inline Span tap_span(int64_t offset, int64_t stride, int64_t in, int64_t out) {
-  const int64_t first = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
-  const int64_t last_numerator = in - 1 - offset;
-  const int64_t stop = last_numerator < 0 ? 0 : std::min(out, last_numerator / stride + 1);
-  return {std::min(first, stop), stop};
-}
-
-// Average pooling window clipped to the input, plus `padded`: the window's extent clipped only to
-// input + padding. That padded extent is what count_include_pad divides by, so a ceil_mode window that
-// hangs past the right padding does not count the part outside it (ATen's rule).
-struct AvgSpan {
-  int64_t begin, end, padded;
-};
-
-inline AvgSpan avg_pool_span(int64_t o, int64_t kernel, int64_t stride, int64_t pad, int64_t in) {
-  const int64_t start = o * stride - pad;
-  const int64_t stop = std::min(start + kernel, in + pad);
-  return {std::max<int64_t>(start, 0), std::min(stop, in), stop - start};
-}
-
-// Adaptive pooling: output o of `out` reads input rows [floor(o*in/out), ceil((o+1)*in/out)).
-inline Span adaptive_span(int64_t o, int64_t out, int64_t in) {
-  return {(o * in) / out, ((o + 1) * in + out - 1) / out};
 }
 
 template <typename SpanFn>
@@ -111,29 +70,6 @@ inline bool is_channels_last(at::MemoryFormat fmt) {
 inline at::Tensor empty_4d(const at::Tensor& like, int64_t n, int64_t c, int64_t h, int64_t w,
                            at::MemoryFormat fmt) {
   return at::empty({n, c, h, w}, like.options().memory_format(fmt));
-}
-
-// A backward's grad_output must be the forward output's gradient: input's dtype and device, input's
-// batch and channels, and (when known) the spatial size the forward produced.
-inline void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input, int64_t out_h,
-                              int64_t out_w) {
-  check_dim(grad_output, 4, "grad_output", "N, C, outH, outW");
-  check_same_dtype_device(grad_output, input, "grad_output", "input");
-  TORCH_CHECK(grad_output.size(0) == input.size(0) && grad_output.size(1) == input.size(1) &&
-                  (out_h < 0 || grad_output.size(2) == out_h) && (out_w < 0 || grad_output.size(3) == out_w),
-              "fastcnn: grad_output has shape ", grad_output.sizes(), " but the pooling of input ",
-              input.sizes(), " produces [", input.size(0), ", ", input.size(1), ", ",
-              out_h < 0 ? "*" : std::to_string(out_h), ", ", out_w < 0 ? "*" : std::to_string(out_w), "]");
-  TORCH_CHECK(grad_output.size(2) > 0 && grad_output.size(3) > 0,
-              "fastcnn: grad_output must have a non-zero spatial size, got shape ", grad_output.sizes());
-}
-
-inline void check_pool_input(const at::Tensor& input) {
-  check_dim(input, 4, "input", "N, C, H, W");
-  check_floating(input, "input", /*allow_reduced=*/false);
-  TORCH_CHECK(input.size(0) > 0, "fastcnn: input has an empty batch (shape ", input.sizes(), ")");
-  TORCH_CHECK(input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0,
-              "fastcnn: input must have non-zero channels and spatial size, got shape ", input.sizes());
 }
 
 // Runs fn(plane_begin, plane_end) over the N*C planes of an NCHW tensor; a plane is never split, so a

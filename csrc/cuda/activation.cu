@@ -1,4 +1,4 @@
-// CUDA kernels for relu, sigmoid, tanh, the residual add fused with its activation, and the activation
+// CUDA kernels for the standalone activations (one op per row of common/activation.h), the residual add fused with its activation, and the activation
 // backward. Algorithm: one flat grid-stride pass in memory order, 16-byte vector loads/stores when every
 // pointer is 16-byte aligned (scalar otherwise), the activation a compile-time template argument so that
 // its switch folds away; half/bfloat16 are computed in fp32 (at::opmath_type). Layout: any dense layout;
@@ -24,7 +24,7 @@ template <typename T, Activation A>
 struct ActivateOp {
   __device__ __forceinline__ T operator()(T x) const {
     using acc_t = at::opmath_type<T>;
-    return static_cast<T>(activate<acc_t>(static_cast<acc_t>(x), A));
+    return static_cast<T>(ActivationFunctor<A>::template forward<acc_t>(static_cast<acc_t>(x)));
   }
 };
 
@@ -32,7 +32,8 @@ template <typename T, Activation A>
 struct AddActivateOp {
   __device__ __forceinline__ T operator()(T x, T y) const {
     using acc_t = at::opmath_type<T>;
-    return static_cast<T>(activate<acc_t>(static_cast<acc_t>(x) + static_cast<acc_t>(y), A));
+    return static_cast<T>(
+        ActivationFunctor<A>::template forward<acc_t>(static_cast<acc_t>(x) + static_cast<acc_t>(y)));
   }
 };
 
@@ -40,24 +41,17 @@ template <typename T, Activation A>
 struct ActivationGradOp {
   __device__ __forceinline__ T operator()(T grad, T out) const {
     using acc_t = at::opmath_type<T>;
-    return static_cast<T>(activation_grad<acc_t>(static_cast<acc_t>(grad), static_cast<acc_t>(out), A));
+    return static_cast<T>(
+        ActivationFunctor<A>::template backward<acc_t>(static_cast<acc_t>(grad), static_cast<acc_t>(out)));
   }
 };
-
-at::MemoryFormat format_of(const at::Tensor& t) {
-  return t.dim() == 4 ? output_memory_format(t) : at::MemoryFormat::Contiguous;
-}
-
-at::Tensor dense(const at::Tensor& t, at::MemoryFormat fmt) {
-  return t.dim() == 4 ? t.contiguous(fmt) : t.contiguous();
-}
 
 at::Tensor activation_forward_cuda(const at::Tensor& input, Activation act) {
   cuda::check_cuda_tensor(input, "input");
   check_floating(input, "input", /*allow_reduced=*/true);
   const c10::cuda::CUDAGuard guard(input.device());
-  const auto fmt = format_of(input);
-  const at::Tensor x = dense(input, fmt);
+  const auto fmt = elementwise_format(input);
+  const at::Tensor x = dense_in(input, fmt);
   at::Tensor y = at::empty_like(x, fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcnn_activation_cuda", [&] {
     with_activation(act, [&](auto tag) {
@@ -69,27 +63,19 @@ at::Tensor activation_forward_cuda(const at::Tensor& input, Activation act) {
   return y;
 }
 
-at::Tensor relu_cuda(const at::Tensor& input) {
-  return activation_forward_cuda(input, Activation::ReLU);
-}
-at::Tensor sigmoid_cuda(const at::Tensor& input) {
-  return activation_forward_cuda(input, Activation::Sigmoid);
-}
-at::Tensor tanh_cuda(const at::Tensor& input) {
-  return activation_forward_cuda(input, Activation::Tanh);
+template <Activation A>
+at::Tensor activation_op_cuda(const at::Tensor& input) {
+  return activation_forward_cuda(input, A);
 }
 
 at::Tensor add_cuda(const at::Tensor& input, const at::Tensor& other, int64_t activation) {
   const Activation act = to_activation(activation);
   cuda::check_cuda_tensor(input, "input");
-  check_floating(input, "input", /*allow_reduced=*/true);
-  check_same_dtype_device(other, input, "other", "input");
-  TORCH_CHECK(other.sizes() == input.sizes(), "fastcnn: add needs other to have input's shape ",
-              input.sizes(), ", got ", other.sizes());
+  check_add(input, other, /*allow_reduced=*/true);
   const c10::cuda::CUDAGuard guard(input.device());
-  const auto fmt = format_of(input);
-  const at::Tensor a = dense(input, fmt);
-  const at::Tensor b = dense(other, fmt);
+  const auto fmt = elementwise_format(input);
+  const at::Tensor a = dense_in(input, fmt);
+  const at::Tensor b = dense_in(other, fmt);
   at::Tensor y = at::empty_like(a, fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastcnn_add_cuda", [&] {
     with_activation(act, [&](auto tag) {
@@ -105,14 +91,11 @@ at::Tensor activation_backward_cuda(const at::Tensor& grad_output, const at::Ten
                                     int64_t activation) {
   const Activation act = to_activation(activation);
   cuda::check_cuda_tensor(output, "output");
-  check_floating(output, "output", /*allow_reduced=*/true);
-  check_same_dtype_device(grad_output, output, "grad_output", "output");
-  TORCH_CHECK(grad_output.sizes() == output.sizes(), "fastcnn: grad_output must have output's shape ",
-              output.sizes(), ", got ", grad_output.sizes());
+  check_activation_backward(grad_output, output, /*allow_reduced=*/true);
   const c10::cuda::CUDAGuard guard(output.device());
-  const auto fmt = format_of(output);
-  const at::Tensor g = dense(grad_output, fmt);
-  const at::Tensor y = dense(output, fmt);
+  const auto fmt = elementwise_format(output);
+  const at::Tensor g = dense_in(grad_output, fmt);
+  const at::Tensor y = dense_in(output, fmt);
   at::Tensor gx = at::empty_like(y, fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, y.scalar_type(), "fastcnn_activation_backward_cuda", [&] {
@@ -128,9 +111,10 @@ at::Tensor activation_backward_cuda(const at::Tensor& grad_output, const at::Ten
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastcnn, FASTCNN_CUDA_DISPATCH_KEY, m) {
-  m.impl("relu", &relu_cuda);
-  m.impl("sigmoid", &sigmoid_cuda);
-  m.impl("tanh", &tanh_cuda);
+#define FASTCNN_IMPL_ACTIVATION_OP(Enum, code, op, Functor) \
+  m.impl(#op, &activation_op_cuda<Activation::Enum>);
+  FASTCNN_ACTIVATIONS(FASTCNN_IMPL_ACTIVATION_OP)
+#undef FASTCNN_IMPL_ACTIVATION_OP
   m.impl("add", &add_cuda);
   m.impl("activation_backward", &activation_backward_cuda);
 }

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/pool_window.h"
 #include "cuda/common/launch.cuh"
 #include "cuda/common/vec.cuh"
 
@@ -27,11 +28,11 @@ struct AdaptiveShape {
 
 // First and one-past-last index of window `i` when `from` positions are split into `to` windows.
 __device__ __forceinline__ int64_t window_begin(int64_t i, int64_t to, int64_t from) {
-  return (i * from) / to;
+  return pool::adaptive_span(i, to, from).begin;
 }
 
 __device__ __forceinline__ int64_t window_end(int64_t i, int64_t to, int64_t from) {
-  return ((i + 1) * from + to - 1) / to;
+  return pool::adaptive_span(i, to, from).end;
 }
 
 // NCHW windows with at least this many taps get a warp each rather than a thread.
@@ -182,11 +183,7 @@ __global__ void adaptive_avg_backward_nhwc_kernel(const T* __restrict__ grad_out
 
 void check_adaptive_input(const at::Tensor& input) {
   cuda::check_cuda_tensor(input, "input");
-  check_dim(input, 4, "input", "N, C, H, W");
-  check_floating(input, "input", /*allow_reduced=*/true);
-  TORCH_CHECK(input.size(0) > 0, "fastcnn: input has an empty batch (shape ", input.sizes(), ")");
-  TORCH_CHECK(input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0,
-              "fastcnn: input must have non-zero channels and spatial size, got shape ", input.sizes());
+  check_pool_input(input, /*allow_reduced=*/true);
 }
 
 at::Tensor adaptive_avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef output_size) {
@@ -226,13 +223,7 @@ at::Tensor adaptive_avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef out
 
 at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input) {
   check_adaptive_input(input);
-  check_dim(grad_output, 4, "grad_output", "N, C, out_H, out_W");
-  check_same_dtype_device(grad_output, input, "grad_output", "input");
-  TORCH_CHECK(grad_output.size(0) == input.size(0) && grad_output.size(1) == input.size(1),
-              "fastcnn: grad_output's batch and channels must match input's ", input.sizes(), ", got ",
-              grad_output.sizes());
-  TORCH_CHECK(grad_output.size(2) > 0 && grad_output.size(3) > 0,
-              "fastcnn: grad_output must have a non-empty spatial size, got shape ", grad_output.sizes());
+  check_pool_grad_output(grad_output, input, -1, -1);
   const c10::cuda::CUDAGuard guard(input.device());
   const AdaptiveShape s{input.size(1), input.size(2), input.size(3), grad_output.size(2),
                         grad_output.size(3)};

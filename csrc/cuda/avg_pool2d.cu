@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/pool_window.h"
 #include "cuda/common/launch.cuh"
 #include "cuda/common/vec.cuh"
 
@@ -31,31 +32,14 @@ struct AvgWindow {
 // divisor_override == 0 means none (the host rejects an explicit 0).
 __device__ __forceinline__ AvgWindow avg_window(int64_t oh, int64_t ow, const Pool2dShape& s,
                                                 bool count_include_pad, int64_t divisor_override) {
-  int64_t h_begin = oh * s.stride_h - s.pad_h;
-  int64_t w_begin = ow * s.stride_w - s.pad_w;
-  int64_t h_end = min(h_begin + s.kernel_h, s.in_h + s.pad_h);
-  int64_t w_end = min(w_begin + s.kernel_w, s.in_w + s.pad_w);
-  const int64_t padded_size = (h_end - h_begin) * (w_end - w_begin);
-  h_begin = max(h_begin, int64_t{0});
-  w_begin = max(w_begin, int64_t{0});
-  h_end = min(h_end, s.in_h);
-  w_end = min(w_end, s.in_w);
+  const pool::AvgSpan rows = pool::avg_pool_span(oh, s.kernel_h, s.stride_h, s.pad_h, s.in_h);
+  const pool::AvgSpan cols = pool::avg_pool_span(ow, s.kernel_w, s.stride_w, s.pad_w, s.in_w);
   int64_t divisor = divisor_override;
-  if (divisor == 0) divisor = count_include_pad ? padded_size : (h_end - h_begin) * (w_end - w_begin);
-  return {h_begin, h_end, w_begin, w_end, divisor};
-}
-
-// Output rows [first, last) whose windows (stride, kernel, padding) cover input row `i`.
-struct CoverRange {
-  int64_t first, last;
-};
-
-__device__ __forceinline__ CoverRange covering_outputs(int64_t i, int64_t kernel, int64_t stride, int64_t pad,
-                                                       int64_t out_extent) {
-  const int64_t padded = i + pad;
-  const int64_t first = padded < kernel ? 0 : (padded - kernel) / stride + 1;
-  const int64_t last = min(padded / stride + 1, out_extent);
-  return {first, last};
+  if (divisor == 0) {
+    divisor =
+        count_include_pad ? rows.padded * cols.padded : (rows.end - rows.begin) * (cols.end - cols.begin);
+  }
+  return {rows.begin, rows.end, cols.begin, cols.end, divisor};
 }
 
 template <typename T>
@@ -124,12 +108,12 @@ __global__ void avg_pool_backward_nchw_kernel(const T* __restrict__ grad_output,
     const int64_t w = i % s.in_w;
     const int64_t h = (i / s.in_w) % s.in_h;
     const int64_t plane = i / (s.in_w * s.in_h);
-    const CoverRange rows = covering_outputs(h, s.kernel_h, s.stride_h, s.pad_h, s.out_h);
-    const CoverRange cols = covering_outputs(w, s.kernel_w, s.stride_w, s.pad_w, s.out_w);
+    const pool::Span rows = pool::avg_pool_covering(h, s.kernel_h, s.stride_h, s.pad_h, s.out_h);
+    const pool::Span cols = pool::avg_pool_covering(w, s.kernel_w, s.stride_w, s.pad_w, s.out_w);
     const T* plane_go = grad_output + plane * s.out_h * s.out_w;
     acc_t grad = 0;
-    for (int64_t oh = rows.first; oh < rows.last; ++oh) {
-      for (int64_t ow = cols.first; ow < cols.last; ++ow) {
+    for (int64_t oh = rows.begin; oh < rows.end; ++oh) {
+      for (int64_t ow = cols.begin; ow < cols.end; ++ow) {
         const AvgWindow win = avg_window(oh, ow, s, count_include_pad, divisor_override);
         grad += static_cast<acc_t>(plane_go[oh * s.out_w + ow]) / static_cast<acc_t>(win.divisor);
       }
@@ -151,14 +135,14 @@ __global__ void avg_pool_backward_nhwc_kernel(const T* __restrict__ grad_output,
     const int64_t w = pixel % s.in_w;
     const int64_t h = (pixel / s.in_w) % s.in_h;
     const int64_t n = pixel / (s.in_w * s.in_h);
-    const CoverRange rows = covering_outputs(h, s.kernel_h, s.stride_h, s.pad_h, s.out_h);
-    const CoverRange cols = covering_outputs(w, s.kernel_w, s.stride_w, s.pad_w, s.out_w);
+    const pool::Span rows = pool::avg_pool_covering(h, s.kernel_h, s.stride_h, s.pad_h, s.out_h);
+    const pool::Span cols = pool::avg_pool_covering(w, s.kernel_w, s.stride_w, s.pad_w, s.out_w);
     const T* image_go = grad_output + n * s.out_h * s.out_w * s.channels + cv * N;
     acc_t grad[N];
 #pragma unroll
     for (int j = 0; j < N; ++j) grad[j] = 0;
-    for (int64_t oh = rows.first; oh < rows.last; ++oh) {
-      for (int64_t ow = cols.first; ow < cols.last; ++ow) {
+    for (int64_t oh = rows.begin; oh < rows.end; ++oh) {
+      for (int64_t ow = cols.begin; ow < cols.end; ++ow) {
         const AvgWindow win = avg_window(oh, ow, s, count_include_pad, divisor_override);
         const acc_t divisor = static_cast<acc_t>(win.divisor);
         const Vec<T, N> g = cuda::load_vec<N>(image_go + (oh * s.out_w + ow) * s.channels);
@@ -221,12 +205,7 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, at::IntArrayRef(kNoDilation, 2),
                                      ceil_mode, /*allow_reduced=*/true);
   const int64_t divisor = checked_divisor(divisor_override);
-  check_dim(grad_output, 4, "grad_output", "N, C, out_H, out_W");
-  check_same_dtype_device(grad_output, input, "grad_output", "input");
-  const std::vector<int64_t> out_sizes{s.batch, s.channels, s.out_h, s.out_w};
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_sizes), "fastcnn: grad_output must have shape ",
-              at::IntArrayRef(out_sizes), " (the avg_pool2d output for this input), got ",
-              grad_output.sizes());
+  check_pool_grad_output(grad_output, input, s.out_h, s.out_w);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto fmt = output_memory_format(input);
   const at::Tensor go = grad_output.contiguous(fmt);

@@ -32,14 +32,6 @@ namespace {
 
 constexpr int64_t kInt32Max = INT32_MAX;
 
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
-bool aligned_to(const void* ptr, size_t bytes) {
-  return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
-}
-
 // The kernels keep image extents, channel counts and per-group K in int32 (offsets are int64). Groups
 // are limited where they go on the grid (launch_gemm), not here: depthwise convolutions never put them
 // there.
@@ -144,7 +136,7 @@ int64_t choose_wgrad_splits(int64_t blocks, int64_t k_tiles, int64_t groups, int
 
 template <typename T, typename Cfg, GemmMode kMode>
 void launch_gemm(GemmParams p, const at::Tensor& like, const at::Tensor& grad_weight, const Conv2dShape& s) {
-  using acc_t = AccType<T>;
+  using acc_t = at::opmath_type<T>;
   using Traits = GemmKernelTraits<T, Cfg, kMode>;
   const int64_t tiles_m = ceil_div(p.M, Cfg::kBM);
   const int64_t tiles_n = ceil_div(p.N, Cfg::kBN);
@@ -241,7 +233,7 @@ void conv_gemm_forward(const at::Tensor& input, const at::Tensor& weight_ohwi, c
   p.K = s.kernel_h * s.kernel_w * p.in_cg;
   p.a = input.const_data_ptr();
   p.b = weight_ohwi.const_data_ptr();
-  p.a_vec = p.b_vec = p.in_cg % vec == 0 && aligned_to(p.a, 16) && aligned_to(p.b, 16);
+  p.a_vec = p.b_vec = p.in_cg % vec == 0 && is_aligned(p.a, 16) && is_aligned(p.b, 16);
   p.ep.out = output.data_ptr();
   p.ep.bias = ptr_or_null(bias);
   p.ep.residual = ptr_or_null(residual);
@@ -250,9 +242,9 @@ void conv_gemm_forward(const at::Tensor& input, const at::Tensor& weight_ohwi, c
   p.ep.col_group_stride = p.out_cg;
   p.ep.activation = static_cast<int>(act);
   const size_t pair_bytes = 2 * input.element_size();
-  p.ep.pair_ok = s.out_channels % 2 == 0 && p.out_cg % 2 == 0 && aligned_to(p.ep.out, pair_bytes) &&
-                 (p.ep.bias == nullptr || aligned_to(p.ep.bias, pair_bytes)) &&
-                 (p.ep.residual == nullptr || aligned_to(p.ep.residual, pair_bytes));
+  p.ep.pair_ok = s.out_channels % 2 == 0 && p.out_cg % 2 == 0 && is_aligned(p.ep.out, pair_bytes) &&
+                 (p.ep.bias == nullptr || is_aligned(p.ep.bias, pair_bytes)) &&
+                 (p.ep.residual == nullptr || is_aligned(p.ep.residual, pair_bytes));
   dispatch_gemm<GemmMode::kForward>(p, allow_tf32, input, at::Tensor(), s);
 }
 
@@ -268,15 +260,15 @@ void conv_gemm_dgrad(const at::Tensor& grad_output, const at::Tensor& output, co
   p.a_aux = act != Activation::None ? output.const_data_ptr() : nullptr;
   p.grad_activation = static_cast<int>(act);
   p.b = weight_ihwo.const_data_ptr();
-  p.a_vec = p.out_cg % vec == 0 && aligned_to(p.a, 16) && (p.a_aux == nullptr || aligned_to(p.a_aux, 16));
-  p.b_vec = p.out_cg % vec == 0 && aligned_to(p.b, 16);
+  p.a_vec = p.out_cg % vec == 0 && is_aligned(p.a, 16) && (p.a_aux == nullptr || is_aligned(p.a_aux, 16));
+  p.b_vec = p.out_cg % vec == 0 && is_aligned(p.b, 16);
   p.ep.out = grad_input.data_ptr();
   p.ep.ldc = s.in_channels;
   p.ep.row_group_stride = 0;
   p.ep.col_group_stride = p.in_cg;
   p.ep.activation = 0;
   p.ep.pair_ok =
-      s.in_channels % 2 == 0 && p.in_cg % 2 == 0 && aligned_to(p.ep.out, 2 * grad_output.element_size());
+      s.in_channels % 2 == 0 && p.in_cg % 2 == 0 && is_aligned(p.ep.out, 2 * grad_output.element_size());
   dispatch_gemm<GemmMode::kDgrad>(p, allow_tf32, grad_output, at::Tensor(), s);
 }
 
@@ -292,8 +284,8 @@ void conv_gemm_wgrad(const at::Tensor& grad_output, const at::Tensor& output, co
   p.a_aux = act != Activation::None ? output.const_data_ptr() : nullptr;
   p.grad_activation = static_cast<int>(act);
   p.b = input.const_data_ptr();
-  p.a_vec = p.out_cg % vec == 0 && aligned_to(p.a, 16) && (p.a_aux == nullptr || aligned_to(p.a_aux, 16));
-  p.b_vec = p.in_cg % vec == 0 && aligned_to(p.b, 16);
+  p.a_vec = p.out_cg % vec == 0 && is_aligned(p.a, 16) && (p.a_aux == nullptr || is_aligned(p.a_aux, 16));
+  p.b_vec = p.in_cg % vec == 0 && is_aligned(p.b, 16);
   p.ep.ldc = p.N;
   p.ep.row_group_stride = p.M;
   p.ep.col_group_stride = 0;
@@ -309,7 +301,7 @@ void reduce_weight_splits(const at::Tensor& partials, int64_t splits, int64_t sp
   const int64_t max_blocks = static_cast<int64_t>(current_sm_count()) * 8;
   const int blocks = static_cast<int>(std::min(ceil_div(count, threads), max_blocks));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "fastcnn_reduce_splits", [&] {
-    using acc_t = AccType<scalar_t>;
+    using acc_t = at::opmath_type<scalar_t>;
     TORCH_CHECK(partials.scalar_type() == c10::CppTypeToScalarType<acc_t>::value,
                 "fastcnn: split workspace has dtype ", partials.scalar_type());
     launch_kernel<reduce_weight_splits_kernel<scalar_t, acc_t>>(
@@ -332,7 +324,7 @@ void channel_grad_sum(const at::Tensor& grad_output, const at::Tensor& output, c
   splits = std::max<int64_t>(1, ceil_div(rows, rows_per_split));
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fastcnn_bias_grad", [&] {
-        using acc_t = AccType<scalar_t>;
+        using acc_t = at::opmath_type<scalar_t>;
         at::Tensor partials = at::empty({splits * channels},
                                         grad_output.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
         const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(splits));
@@ -399,17 +391,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
   const Conv2dShape s =
       check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, /*allow_reduced=*/true);
   check_cuda_tensor(input, "input");
-  check_same_dtype_device(grad_output, input, "grad_output", "input");
-  const std::array<int64_t, 4> out_sizes{s.batch, s.out_channels, s.out_h, s.out_w};
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_sizes), "fastcnn: grad_output must have shape ",
-              at::IntArrayRef(out_sizes), ", got ", grad_output.sizes());
+  check_conv2d_backward(grad_output, input, output, s, act != Activation::None);
   const at::Tensor out = defined_or_empty(output);
-  if (act != Activation::None) {
-    TORCH_CHECK(out.defined(), "fastcnn: conv2d_backward needs output when activation is ", activation);
-    check_same_dtype_device(out, input, "output", "input");
-    TORCH_CHECK(out.sizes() == grad_output.sizes(), "fastcnn: output must have grad_output's shape ",
-                grad_output.sizes(), ", got ", out.sizes());
-  }
   check_int32_geometry(s);
   const c10::cuda::CUDAGuard guard(input.device());
 

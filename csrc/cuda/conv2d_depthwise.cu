@@ -64,10 +64,6 @@ DepthwiseParams depthwise_params(const Conv2dShape& s, bool per_image_int32) {
 
 constexpr int kThreads = 256;
 
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
 // (per-image element blocks, images) for the NHWC element-wise kernels, about 32 blocks per SM in all.
 dim3 image_grid(int64_t per_image, int64_t batch) {
   const int64_t max_blocks = static_cast<int64_t>(current_sm_count()) * 32;
@@ -91,7 +87,7 @@ __global__ void __launch_bounds__(kThreads)
     depthwise_forward_nhwc_kernel(const T* __restrict__ input, const T* __restrict__ weight_t,
                                   const T* __restrict__ bias, const T* __restrict__ residual,
                                   T* __restrict__ output, const DepthwiseParams p, int activation) {
-  using acc_t = AccType<T>;
+  using acc_t = at::opmath_type<T>;
   const Activation act = static_cast<Activation>(activation);
   const int per_image = p.out_h * p.out_w * p.out_c;
   for (int n = blockIdx.y; n < p.batch; n += gridDim.y) {
@@ -127,7 +123,7 @@ __global__ void __launch_bounds__(kThreads)
     depthwise_forward_nchw_kernel(const T* __restrict__ input, const T* __restrict__ weight,
                                   const T* __restrict__ bias, const T* __restrict__ residual,
                                   T* __restrict__ output, const DepthwiseParams p, int activation) {
-  using acc_t = AccType<T>;
+  using acc_t = at::opmath_type<T>;
   FASTCNN_EXTERN_SHARED(filter_raw);
   acc_t* filter = reinterpret_cast<acc_t*>(filter_raw);
   const Activation act = static_cast<Activation>(activation);
@@ -168,7 +164,7 @@ __global__ void __launch_bounds__(kThreads)
     depthwise_dgrad_nhwc_kernel(const T* __restrict__ grad_output, const T* __restrict__ output,
                                 const T* __restrict__ weight, T* __restrict__ grad_input,
                                 const DepthwiseParams p, int activation) {
-  using acc_t = AccType<T>;
+  using acc_t = at::opmath_type<T>;
   const Activation act = static_cast<Activation>(activation);
   const int per_image = p.in_h * p.in_w * p.in_c;
   const int taps = p.kernel_h * p.kernel_w;
@@ -266,7 +262,7 @@ void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_depthwise_forward", [&] {
-        using acc_t = AccType<scalar_t>;
+        using acc_t = at::opmath_type<scalar_t>;
         if (channels_last) {
           const at::Tensor weight_t =
               weight.reshape({s.out_channels, s.kernel_h * s.kernel_w}).t().contiguous();
@@ -324,7 +320,7 @@ void depthwise_conv2d_wgrad(const at::Tensor& grad_output, const at::Tensor& out
   splits = ceil_div(pixels, pixels_per_split);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fastcnn_depthwise_wgrad", [&] {
-        using acc_t = AccType<scalar_t>;
+        using acc_t = at::opmath_type<scalar_t>;
         const int64_t slice = s.out_channels * taps;
         at::Tensor partials =
             at::empty({splits * slice}, grad_output.options().dtype(c10::CppTypeToScalarType<acc_t>::value));

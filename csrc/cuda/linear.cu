@@ -26,27 +26,11 @@ namespace fastcnn {
 namespace cuda {
 namespace {
 
-struct LinearShape {
-  int64_t rows, in_features, out_features;
-  std::vector<int64_t> out_sizes;  // input's leading dims + [out_features]
-};
-
-LinearShape check_linear(const at::Tensor& input, const at::Tensor& weight) {
-  check_floating(input, "input", /*allow_reduced=*/true);
-  check_same_dtype_device(weight, input, "weight", "input");
-  check_dim(weight, 2, "weight", "out_features, in_features");
-  TORCH_CHECK(input.dim() >= 1, "fastcnn: linear input must have at least 1 dimension, got a scalar");
+// check_linear plus what the CUDA kernels add: a CUDA tensor, features within int32.
+LinearShape check_linear_cuda(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias) {
+  const LinearShape s = check_linear(input, weight, bias, /*allow_reduced=*/true);
   check_cuda_tensor(input, "input");
-  LinearShape s;
-  s.in_features = input.size(-1);
-  s.out_features = weight.size(0);
-  TORCH_CHECK(weight.size(1) == s.in_features, "fastcnn: linear input has ", s.in_features,
-              " features but weight has shape ", weight.sizes(), " (expects [out_features, ", s.in_features,
-              "])");
-  s.rows = 1;
-  for (int64_t d = 0; d + 1 < input.dim(); ++d) s.rows *= input.size(d);
-  s.out_sizes.assign(input.sizes().begin(), input.sizes().end() - 1);
-  s.out_sizes.push_back(s.out_features);
   TORCH_CHECK(s.in_features <= INT32_MAX && s.out_features <= INT32_MAX,
               "fastcnn: linear features too large for the CUDA kernels (", s.in_features, " -> ",
               s.out_features, ")");
@@ -76,14 +60,8 @@ bool allow_tf32_matmul() {
 at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, int64_t activation) {
   const Activation act = to_activation(activation);
-  const LinearShape l = check_linear(input, weight);
-  at::Tensor bias_c;
-  if (bias.has_value() && bias->defined()) {
-    check_same_dtype_device(*bias, input, "bias", "input");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == l.out_features, "fastcnn: bias must have shape [",
-                l.out_features, "], got ", bias->sizes());
-    bias_c = bias->contiguous();
-  }
+  const LinearShape l = check_linear_cuda(input, weight, bias);
+  const at::Tensor bias_c = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor output = at::empty(l.out_sizes, input.options());
   if (output.numel() == 0) return output;
@@ -97,18 +75,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& output, int64_t activation, std::array<bool, 3> output_mask) {
   const Activation act = to_activation(activation);
-  const LinearShape l = check_linear(input, weight);
-  check_same_dtype_device(grad_output, input, "grad_output", "input");
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(l.out_sizes), "fastcnn: grad_output must have shape ",
-              at::IntArrayRef(l.out_sizes), ", got ", grad_output.sizes());
+  const LinearShape l = check_linear_cuda(input, weight, std::nullopt);
+  check_linear_backward(grad_output, input, output, l, act != Activation::None);
   at::Tensor y;
-  if (act != Activation::None) {
-    TORCH_CHECK(output.has_value() && output->defined(),
-                "fastcnn: linear_backward needs output when activation is ", activation);
-    check_same_dtype_device(*output, input, "output", "input");
-    TORCH_CHECK(output->sizes() == grad_output.sizes(), "fastcnn: output must have grad_output's shape ",
-                grad_output.sizes(), ", got ", output->sizes());
-  }
   const c10::cuda::CUDAGuard guard(input.device());
   if (act != Activation::None) y = output->contiguous();
   const at::Tensor gy = grad_output.contiguous();

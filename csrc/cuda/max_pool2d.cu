@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/pool_window.h"
 #include "cuda/common/launch.cuh"
 #include "cuda/common/vec.cuh"
 
@@ -30,11 +31,6 @@ namespace fastcnn {
 namespace {
 
 using cuda::Vec;
-
-// First valid tap of a window starting at `start` (possibly in the padding) with taps every `dilation`.
-__device__ __forceinline__ int64_t first_valid_tap(int64_t start, int64_t dilation) {
-  return start < 0 ? start + ((-start + dilation - 1) / dilation) * dilation : start;
-}
 
 template <typename T>
 __global__ void max_pool_forward_nchw_kernel(const T* __restrict__ input, T* __restrict__ output,
@@ -44,12 +40,10 @@ __global__ void max_pool_forward_nchw_kernel(const T* __restrict__ input, T* __r
     const int64_t ow = o % s.out_w;
     const int64_t oh = (o / s.out_w) % s.out_h;
     const int64_t plane = o / (s.out_w * s.out_h);
-    const int64_t h_begin = oh * s.stride_h - s.pad_h;
-    const int64_t w_begin = ow * s.stride_w - s.pad_w;
-    const int64_t h_end = min(h_begin + (s.kernel_h - 1) * s.dilation_h + 1, s.in_h);
-    const int64_t w_end = min(w_begin + (s.kernel_w - 1) * s.dilation_w + 1, s.in_w);
-    const int64_t h_first = first_valid_tap(h_begin, s.dilation_h);
-    const int64_t w_first = first_valid_tap(w_begin, s.dilation_w);
+    const pool::Span rows = pool::max_pool_span(oh, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, s.in_h);
+    const pool::Span cols = pool::max_pool_span(ow, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w, s.in_w);
+    const int64_t h_first = rows.begin, h_end = rows.end;
+    const int64_t w_first = cols.begin, w_end = cols.end;
     const T* plane_in = input + plane * s.in_h * s.in_w;
     acc_t best = -std::numeric_limits<acc_t>::infinity();
     int64_t best_index = h_first * s.in_w + w_first;
@@ -82,12 +76,10 @@ __global__ void max_pool_forward_nhwc_kernel(const T* __restrict__ input, T* __r
     const int64_t ow = pixel % s.out_w;
     const int64_t oh = (pixel / s.out_w) % s.out_h;
     const int64_t n = pixel / (s.out_w * s.out_h);
-    const int64_t h_begin = oh * s.stride_h - s.pad_h;
-    const int64_t w_begin = ow * s.stride_w - s.pad_w;
-    const int64_t h_end = min(h_begin + (s.kernel_h - 1) * s.dilation_h + 1, s.in_h);
-    const int64_t w_end = min(w_begin + (s.kernel_w - 1) * s.dilation_w + 1, s.in_w);
-    const int64_t h_first = first_valid_tap(h_begin, s.dilation_h);
-    const int64_t w_first = first_valid_tap(w_begin, s.dilation_w);
+    const pool::Span rows = pool::max_pool_span(oh, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, s.in_h);
+    const pool::Span cols = pool::max_pool_span(ow, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w, s.in_w);
+    const int64_t h_first = rows.begin, h_end = rows.end;
+    const int64_t w_first = cols.begin, w_end = cols.end;
     const T* image = input + n * s.in_h * s.in_w * s.channels + cv * N;
     acc_t best[N];
     int64_t best_index[N];
@@ -226,21 +218,9 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, at::
 at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                                     const at::Tensor& indices) {
   cuda::check_cuda_tensor(input, "input");
-  check_dim(input, 4, "input", "N, C, H, W");
-  check_floating(input, "input", /*allow_reduced=*/true);
-  check_dim(grad_output, 4, "grad_output", "N, C, out_H, out_W");
-  check_same_dtype_device(grad_output, input, "grad_output", "input");
-  check_dim(indices, 4, "indices", "N, C, out_H, out_W");
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "fastcnn: indices must be int64, got ",
-              indices.scalar_type());
-  TORCH_CHECK(indices.device() == input.device(), "fastcnn: indices is on ", indices.device(),
-              " but input is on ", input.device());
-  TORCH_CHECK(indices.sizes() == grad_output.sizes(), "fastcnn: indices must have grad_output's shape ",
-              grad_output.sizes(), ", got ", indices.sizes());
-  TORCH_CHECK(input.size(0) > 0, "fastcnn: input has an empty batch (shape ", input.sizes(), ")");
-  TORCH_CHECK(grad_output.size(0) == input.size(0) && grad_output.size(1) == input.size(1),
-              "fastcnn: grad_output's batch and channels must match input's ", input.sizes(), ", got ",
-              grad_output.sizes());
+  check_pool_input(input, /*allow_reduced=*/true);
+  check_pool_grad_output(grad_output, input, -1, -1);
+  check_max_pool_indices(indices, grad_output, input);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto fmt = output_memory_format(input);
   const at::Tensor go = grad_output.contiguous(fmt);

@@ -32,9 +32,6 @@ namespace cuda {
 
 enum class GemmMode : int { kForward = 0, kDgrad = 1, kWgrad = 2 };
 
-template <typename T>
-using AccType = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
 // Geometry of one implicit GEMM. Spatial sizes, channel counts and per-group K of forward/dgrad fit in
 // int32 (checked by the host); pixel counts (M of forward/dgrad, K of wgrad) and all offsets are int64.
 struct GemmParams {
@@ -87,7 +84,7 @@ struct SmemTile {
 // line0, line0 + kLineStep, ... (a line is a tile row when K-major, a k when MN-major).
 template <typename T, GemmMode kMode, bool kIsA, int kRows, int kBK, int kThreads>
 struct TileLoader {
-  using acc_t = AccType<T>;
+  using acc_t = at::opmath_type<T>;
   static constexpr bool kKMajor = kMode != GemmMode::kWgrad;
   static constexpr bool kGradOperand = kIsA && kMode != GemmMode::kForward;
   using Tile = SmemTile<T, kRows, kBK, kKMajor>;
@@ -384,7 +381,7 @@ __device__ __forceinline__ void run_pipeline(LoaderA& load_a, LoaderB& load_b,
 
 template <typename T, typename Cfg, GemmMode kMode>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) conv_gemm_kernel(const __grid_constant__ GemmParams p) {
-  using acc_t = AccType<T>;
+  using acc_t = at::opmath_type<T>;
   using Traits = GemmKernelTraits<T, Cfg, kMode>;
   using TileA = typename Traits::TileA;
   using TileB = typename Traits::TileB;

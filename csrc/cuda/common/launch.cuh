@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "cuda/common/helpers.cuh"
 #include "cuda/common/shared.cuh"
 
 #if FASTCNN_CUDA_EMU
@@ -76,7 +77,7 @@ inline int64_t current_cc_major() {
 // the Hopper per-SM limit), so that each thread loops a few times instead of the launch queueing waves.
 inline unsigned grid_for(int64_t work, int threads = kBlockThreads, int blocks_per_sm = 8) {
   if (work <= 0) return 1;
-  const int64_t needed = (work + threads - 1) / threads;
+  const int64_t needed = ceil_div(work, threads);
   const int64_t sms = current_sm_count();
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(needed, sms * blocks_per_sm)));
 }

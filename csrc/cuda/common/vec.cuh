@@ -1,7 +1,8 @@
 // 16-byte vector access for the memory-bound fastcnn CUDA kernels: 4 floats, 8 halves/bfloat16s or
 // 2 doubles per load/store, so that a warp moves 512 contiguous bytes per instruction (LDG.E.128 /
-// STG.E.128). Callers check alignment on the host (is_aligned16) and launch the width-1 instantiation
-// when any pointer is misaligned, e.g. a view with a storage offset; flat maps finish with a scalar tail.
+// STG.E.128). Callers check alignment on the host (is_aligned(p, 16), helpers.cuh) and launch the
+// width-1 instantiation when any pointer is misaligned, e.g. a view with a storage offset; flat maps
+// finish with a scalar tail.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -24,10 +25,6 @@ template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
   T val[N];
 };
-
-inline bool is_aligned16(const void* p) {
-  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
-}
 
 // p must be aligned to N * sizeof(T) bytes.
 template <int N, typename T>
@@ -78,7 +75,7 @@ template <bool Binary, typename T, typename Op>
 void launch_map(T* out, const T* a, const T* b, int64_t n, Op op) {
   if (n <= 0) return;
   constexpr int kWidth = kVecWidth<T>;
-  const bool vectorized = is_aligned16(out) && is_aligned16(a) && (!Binary || is_aligned16(b));
+  const bool vectorized = is_aligned(out, 16) && is_aligned(a, 16) && (!Binary || is_aligned(b, 16));
   if (vectorized) {
     launch_kernel<map_kernel<T, kWidth, Binary, Op>>(grid_for((n + kWidth - 1) / kWidth), kBlockThreads, 0,
                                                      current_stream(), out, a, b, n, op);
@@ -96,7 +93,7 @@ template <typename T, typename Launch>
 void launch_nhwc_channel_vectors(int64_t channels, int64_t total, const void* src, const void* dst,
                                  Launch&& launch) {
   constexpr int kWidth = kVecWidth<T>;
-  if (channels % kWidth == 0 && is_aligned16(src) && is_aligned16(dst)) {
+  if (channels % kWidth == 0 && is_aligned(src, 16) && is_aligned(dst, 16)) {
     launch(std::integral_constant<int, kWidth>{}, total / kWidth);
   } else {
     launch(std::integral_constant<int, 1>{}, total);
