@@ -19,7 +19,7 @@ import torch
 
 pytest.importorskip("pytest_benchmark")
 
-from fastcnn import bench  # noqa: E402
+from fastcnn.tools import bench  # noqa: E402
 
 DEVICE = bench.resolve_device("auto")
 PRESET = bench.PRESETS["quick"]

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fastcnn import bench, check, cli
+from fastcnn.tools import bench, check, cli
 
 #: The smallest bench run: activations and the residual add at one shape, batch 1, one timing round.
 TINY_BENCH = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastcnn import demo
-from fastcnn.cli import build_parser
+from fastcnn.tools import demo
+from fastcnn.tools.cli import build_parser
 
 _KERNELS = ("conv2d", "conv2d_backward", "linear", "linear_backward", "max_pool2d", "max_pool2d_backward")
 needs_cpu_kernels = pytest.mark.skipif(

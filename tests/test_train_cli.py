@@ -8,7 +8,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from fastcnn import cli, models, train
+from fastcnn import models
+from fastcnn.tools import cli, train
 
 
 def _args(tmp_path, *extra: str) -> list[str]:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from . import models, transfer
+from .. import models, transfer
 
 __all__ = ["TrainConfig", "TrainResult", "add_arguments", "build_datasets", "evaluate", "main", "run"]
 
@@ -163,7 +163,7 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset, list[str]]:
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when fastcnn's CUDA kernels and a GPU are there, else the CPU."""
-    from . import cuda_available
+    from .. import cuda_available
 
     if device == "auto":
         return torch.device("cuda" if cuda_available() else "cpu")

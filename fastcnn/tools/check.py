@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import ops
+from .. import ops
 
 #: Environment variable naming the op whose first result is perturbed (see the module docstring).
 INJECT_FAILURE_ENV = "FASTCNN_CHECK_INJECT_FAILURE"
@@ -307,7 +307,7 @@ def run_case(
 
 def available_devices() -> list[str]:
     """ "cpu", plus "cuda" when fastcnn has CUDA kernels and a GPU is present."""
-    from . import cuda_available
+    from .. import cuda_available
 
     return ["cpu", "cuda"] if cuda_available() else ["cpu"]
 

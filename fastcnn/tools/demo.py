@@ -26,9 +26,9 @@ from torch import Tensor, nn
 
 import fastcnn
 
-from . import metrics
-from . import nn as fnn
-from .augment import RandomAffineAugment
+from .. import metrics
+from .. import nn as fnn
+from ..augment import RandomAffineAugment
 
 __all__ = ["DemoConfig", "DemoResult", "DigitNet", "add_arguments", "load_digits", "main", "run"]
 
