@@ -29,7 +29,8 @@ CSRC = ROOT / "csrc"
 
 # The tests that exercise each kernel file.
 TESTS = {
-    "cuda/common/implicit_gemm.cuh": ["tests/test_conv2d.py", "tests/test_linear.py"],
+    "cuda/gemm/mainloop.cuh": ["tests/test_conv2d.py", "tests/test_linear.py"],
+    "cuda/gemm/gemm.cu": ["tests/test_conv2d.py", "tests/test_linear.py"],
     "cuda/conv2d.cu": ["tests/test_conv2d.py", "tests/test_linear.py"],
     "cuda/conv2d_depthwise.cu": ["tests/test_conv2d.py"],
     "cuda/max_pool2d.cu": ["tests/test_max_pool2d.py", "tests/test_determinism.py"],

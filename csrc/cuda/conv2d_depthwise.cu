@@ -17,8 +17,9 @@
 
 #include <algorithm>
 
-#include "cuda/common/implicit_gemm.cuh"
+#include "cuda/common/launch.cuh"
 #include "cuda/conv2d_depthwise.h"
+#include "cuda/gemm/gemm.h"
 
 namespace fastcnn {
 namespace cuda {

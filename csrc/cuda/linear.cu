@@ -20,7 +20,8 @@
 
 #include "common/activation.h"
 #include "common/checks.h"
-#include "cuda/common/implicit_gemm.cuh"
+#include "cuda/common/launch.cuh"
+#include "cuda/gemm/gemm.h"
 
 namespace fastcnn {
 namespace cuda {

@@ -1,8 +1,9 @@
-// The fused epilogue of the fastcnn GEMM core: every output element leaves the accumulators exactly once,
-// as act(acc + bias[col] + residual[idx]) converted to the tensor dtype (forward, linear), as a plain
-// conversion (dgrad), or unconverted into an acc_t split-K workspace slice (wgrad, reduced afterwards in a
-// fixed order so that results are deterministic). Threads store two adjacent columns at a time, as one
-// aligned vector when the host has checked that the layout allows it (`pair_ok`).
+// The fused epilogue of the fastcnn GEMM core (cuda/gemm/): every output element leaves the
+// accumulators exactly once, as act(acc + bias[col] + residual[idx]) converted to the tensor dtype
+// (forward, linear), as a plain conversion (dgrad), or unconverted into an acc_t split-K workspace slice
+// (wgrad, reduced afterwards in a fixed order so that results are deterministic). Threads store two
+// adjacent columns at a time, as one aligned vector when the host has checked that the layout allows it
+// (`pair_ok`).
 #pragma once
 
 #include <cuda_runtime.h>
