@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -25,27 +23,14 @@ from torchvision.transforms import InterpolationMode
 
 import fastcnn
 from fastcnn.augment import RandomAffineAugment
+from fastcnn.tools.bench.timing import time_wall
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
     """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return time_wall([fn], device, repeats, warmup)[0] / 1e3
 
 
 def bench(device: torch.device, batch: int, size: int, out_size: int, repeats: int) -> dict[str, float]:

@@ -17,6 +17,7 @@ import torch
 
 import fastcnn
 from fastcnn import ops
+from fastcnn.tools.references import TOLERANCES
 
 # --------------------------------------------------------------------------------------------------------
 # pytest plumbing
@@ -123,7 +124,7 @@ def _exact_cuda_math():
 DEVICES = ["cpu"] if EMULATED else ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 #: Relative tolerance for a result computed in `dtype`, against a float64 reference on the same inputs.
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+TOL = TOLERANCES
 
 #: Every activation of fastcnn's registry, and None (no activation): what the fused ops' activation= takes.
 ACTIVATIONS = [None, *ops.ACTIVATIONS]

@@ -28,6 +28,7 @@ from conftest import (
 
 import fastcnn
 from fastcnn import ops
+from fastcnn.tools.references import torch_conv2d_fused
 
 
 @dataclass(frozen=True)
@@ -190,10 +191,9 @@ CASES = HAND_PICKED + _random_cases(16, seed=20240)
 
 
 def _torch_conv(case: ConvCase, x, w, b, r):
-    y = F.conv2d(x, w, b, case.stride, case.padding, case.dilation, case.groups)
-    if r is not None:
-        y = y + r
-    return TORCH_ACT[case.activation](y)
+    return torch_conv2d_fused(
+        x, w, b, case.stride, case.padding, case.dilation, case.groups, r, case.activation
+    )
 
 
 def _run_case(case: ConvCase, dtype, device):

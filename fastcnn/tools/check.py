@@ -25,12 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
+from .references import TOLERANCES, torch_conv2d_fused, torch_linear_fused
 
 #: Environment variable naming the op whose first result is perturbed (see the module docstring).
 INJECT_FAILURE_ENV = "FASTCNN_CHECK_INJECT_FAILURE"
-
-#: Relative-error bound per dtype (fp32 is exact FMA arithmetic; TF32 is not used by the check).
-TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
 @dataclasses.dataclass
@@ -105,10 +103,7 @@ def _conv_case(
         return ops.conv2d(x, w, b, stride, padding, dilation, groups, activation=activation, residual=r)
 
     def run_reference(x, w, b, r):
-        y = F.conv2d(x, w, b, stride, padding, dilation, groups)
-        if r is not None:
-            y = y + r
-        return ops.resolve_activation(activation).reference(y)
+        return torch_conv2d_fused(x, w, b, stride, padding, dilation, groups, r, activation)
 
     return Case("conv2d", desc, make, run_fastcnn, run_reference, quick=quick)
 
@@ -151,7 +146,7 @@ def default_cases() -> list[Case]:
             desc,
             make,
             lambda x, w, b: ops.linear(x, w, b, activation=activation),
-            lambda x, w, b: ops.resolve_activation(activation).reference(F.linear(x, w, b)),
+            lambda x, w, b: torch_linear_fused(x, w, b, activation),
             spatial=False,
             quick=quick,
         )

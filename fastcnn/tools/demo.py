@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
-import statistics
 import time
 from collections.abc import Callable
 
@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import fastcnn
-
 from .. import metrics
 from .. import nn as fnn
 from ..augment import RandomAffineAugment
+from .bench.timing import time_wall
+from .devices import resolve_device
 
 __all__ = ["DemoConfig", "DemoResult", "DigitNet", "add_arguments", "load_digits", "main", "run"]
 
@@ -223,46 +223,31 @@ def evaluate(
     return stream.compute()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_training_step(
     models: dict[str, nn.Module], inputs: Tensor, target: Tensor, steps: int, warmup: int = 3
 ) -> dict[str, float]:
     """Median milliseconds of one SGD step (forward, loss, backward, update) for each model, measured
     alternately on the same batch so that both see the same machine load."""
-    optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for name, m in models.items()}
-    samples: dict[str, list[float]] = {name: [] for name in models}
-    device = inputs.device
-    for i in range(warmup + steps):
-        for name, model in models.items():
-            model.train()
-            _sync(device)
-            t0 = time.perf_counter()
-            loss = F.cross_entropy(model(inputs), target)
-            optimizers[name].zero_grad(set_to_none=True)
-            loss.backward()
-            optimizers[name].step()
-            _sync(device)
-            if i >= warmup:
-                samples[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(v) for name, v in samples.items()}
 
+    def step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        loss = F.cross_entropy(model(inputs), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if fastcnn.cuda_available() else "cpu")
-    if name == "cuda" and not fastcnn.cuda_available():
-        raise RuntimeError("--device cuda needs a GPU and a CUDA build of fastcnn")
-    return torch.device(name)
+    steps_by_name = {}
+    for name, model in models.items():
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        steps_by_name[name] = functools.partial(step, model, optimizer)
+    times = time_wall(list(steps_by_name.values()), inputs.device, steps, warmup)
+    return dict(zip(steps_by_name, times, strict=True))
 
 
 def run(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     """Trains, evaluates, plots and times the demo model; see the module docstring."""
     t_start = time.perf_counter()
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     x_train, y_train, x_test, y_test = load_digits(cfg.image_size, cfg.test_fraction, cfg.seed)
     if cfg.train_subset is not None:

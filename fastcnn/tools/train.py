@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .. import models, transfer
+from .devices import resolve_device
 
 __all__ = ["TrainConfig", "TrainResult", "add_arguments", "build_datasets", "evaluate", "main", "run"]
 
@@ -159,20 +160,6 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset, list[str]]:
 # ----------------------------------------------------------------------------------------------------------
 # model, device, precision
 # ----------------------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when fastcnn's CUDA kernels and a GPU are there, else the CPU."""
-    from .. import cuda_available
-
-    if device == "auto":
-        return torch.device("cuda" if cuda_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not cuda_available():
-        raise ValueError("--device cuda needs a GPU and a CUDA build of fastcnn")
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda; got {device!r}")
-    return resolved
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
