@@ -5,11 +5,7 @@
 // for NCHW, (sample, channel block) slices for NHWC), so overlapping windows need no atomics.
 // Layout: NCHW (threads over planes) or channels_last (threads over output pixels, inner loop over the
 // contiguous channels, vectorised).
-// Measured (1 thread, float32, vs torch 2.14 F.adaptive_avg_pool2d, which is a mean() for 1x1, and
-// _adaptive_avg_pool2d_backward; shared 2-core Zen 5, so approximate): [8,2048,7,7]->1x1 NCHW fwd
-// 0.23 ms (torch 0.12, slower), bwd 0.60 ms (0.73); channels_last fwd 0.05 ms (0.15), bwd 0.11 ms (0.16).
-// [8,512,28,28]->7x7 NCHW fwd 3.3 ms (4.7), bwd 3.1 ms (4.4); channels_last fwd 0.22 ms (0.32), bwd
-// 0.61 ms (0.88).
+// Measured: benchmarks/NOTES.md ("Pooling" under 2026-11-25, and the issue-5 results table).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

@@ -7,10 +7,7 @@
 // block) slices for NHWC), so overlapping windows need no atomics.
 // Layout: NCHW (threads over planes) or channels_last (threads over output pixels, inner loop over the
 // contiguous channels, vectorised).
-// Measured (1 thread, float32, vs torch 2.14 avg_pool2d / avg_pool2d_backward, shared 2-core Zen 5, so
-// approximate): [8,256,56,56] 2/2/0 NCHW fwd 3.3 ms (torch 12.2), bwd 6.3 ms (14.3); channels_last fwd
-// 2.2 ms (1.2, slower), bwd 3.1 ms (2.4, slower). [8,64,56,56] 3/1/1 NCHW fwd 4.9 ms (17.1), bwd 4.3 ms
-// (18.7); channels_last fwd 1.8 ms (1.9), bwd 1.4 ms (2.0).
+// Measured: benchmarks/NOTES.md ("Pooling" under 2026-11-25, and the issue-5 results table).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

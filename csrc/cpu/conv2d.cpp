@@ -19,11 +19,10 @@
 // a sample's scatter is owned by one thread, or, for batches smaller than the thread count, each thread
 // scatters into its own buffer, summed in order. 1x1 / stride 1 / pad 0 convs skip im2col.
 // Layout: NCHW or channels_last input (output and grad_input follow it); weight [OC, C/groups, KH, KW].
-// Measured 2026-11-25 (fastcnn bench --preset full, fp32, batch 8, ResNet-18 layers, this 2-vCPU AMD EPYC,
-// quiet; PyTorch-oneDNN time / fastcnn time, geomean of two runs): forward 0.90-0.97 NCHW, 0.92
-// channels_last; backward 0.91 / 0.88-0.94; fused conv+bias+ReLU(+residual) 0.91-1.10 of PyTorch's
-// unfused sequence (benchmarks/NOTES.md, benchmarks/results/amd-epyc-2026-11-25-conv*.json). Depthwise
-// 3x3, 64 channels, 56x56 (earlier run): 0.2x PyTorch's time in NCHW, 6x in channels_last.
+// Files: conv2d_geometry.h (shapes, task split), im2col.h, conv2d_gemm.cpp (GEMM forward/backward),
+// conv2d_depthwise.cpp (direct depthwise), this file (entry points, layout and weight preparation).
+// Measured: benchmarks/NOTES.md (packed GEMM micro-kernel, 2026-11-25) and
+// benchmarks/results/amd-epyc-2026-11-25-conv*.json.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

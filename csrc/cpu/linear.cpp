@@ -7,9 +7,7 @@
 // row chunk as it reads grad_output, computes grad_input = grad_pre @ W for that chunk and the bias gradient
 // as per-slot partial sums reduced in a fixed order; grad_weight = grad_pre^T @ x is one ATen BLAS call.
 // Layout: row-major [M, in] input, [out, in] weight.
-// Measured 2026-11-25 (fastcnn bench --preset full, fp32, this 2-vCPU AMD EPYC; PyTorch time / fastcnn
-// time): forward on the ResNet-50 / VGG-16 / MobileNetV2 classifier layers 2.3-3.6x at batch 8, 1.4-1.8x
-// at 128, 0.97-1.6x at 1024 (the packed path gave 0.5-0.9x at 8 and 128); backward 0.8-1.1x.
+// Measured: benchmarks/NOTES.md (2026-11-25 afternoon: elementwise, linear).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

@@ -6,10 +6,8 @@
 // grad_input element has one owner (whole (n, c) planes for NCHW, (sample, channel block) slices for NHWC),
 // so overlapping windows need no atomics. Layout: NCHW (threads over planes) or channels_last (threads over
 // output pixels, inner loop over the contiguous channels, vectorised, with the running argmax kept in a
-// same-width integer buffer). Measured (1 thread, float32, vs torch 2.14 max_pool2d_with_indices and its
-// backward; 2-core AMD EPYC Zen 5 shared with other jobs, so take as approximate): [8,64,112,112] 3/2/1 NCHW
-// fwd 8.4 ms (torch 41.7, 5.0x faster), bwd 1.9 ms (2.4, 1.3x); channels_last fwd 4.4 ms (4.8, 1.1x), bwd 3.9
-// ms (5.3, 1.4x).
+// same-width integer buffer).
+// Measured: benchmarks/NOTES.md ("Pooling" under 2026-11-25, and the issue-5 results table).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

@@ -43,9 +43,8 @@ __global__ void adaptive_avg_forward_nchw_kernel(const T* __restrict__ input, T*
                                                  int64_t total, AdaptiveShape s) {
   using acc_t = at::opmath_type<T>;
   for (int64_t o = cuda::global_thread_index(); o < total; o += cuda::grid_thread_count()) {
-    const int64_t ow = o % s.out_w;
-    const int64_t oh = (o / s.out_w) % s.out_h;
-    const int64_t plane = o / (s.out_w * s.out_h);
+    const cuda::ImageIndex at = cuda::image_index(o, 1, s.out_h, s.out_w);
+    const int64_t plane = at.outer, oh = at.y, ow = at.x;
     const int64_t h0 = window_begin(oh, s.out_h, s.in_h), h1 = window_end(oh, s.out_h, s.in_h);
     const int64_t w0 = window_begin(ow, s.out_w, s.in_w), w1 = window_end(ow, s.out_w, s.in_w);
     const T* plane_in = input + plane * s.in_h * s.in_w;
@@ -66,9 +65,8 @@ __global__ void adaptive_avg_forward_nchw_warp_kernel(const T* __restrict__ inpu
   constexpr unsigned kFullMask = 0xffffffffu;
   const int lane = static_cast<int>(threadIdx.x % cuda::kWarpSize);
   for (int64_t o = cuda::global_warp_index(); o < total; o += cuda::grid_warp_count()) {
-    const int64_t ow = o % s.out_w;
-    const int64_t oh = (o / s.out_w) % s.out_h;
-    const int64_t plane = o / (s.out_w * s.out_h);
+    const cuda::ImageIndex at = cuda::image_index(o, 1, s.out_h, s.out_w);
+    const int64_t plane = at.outer, oh = at.y, ow = at.x;
     const int64_t h0 = window_begin(oh, s.out_h, s.in_h), h1 = window_end(oh, s.out_h, s.in_h);
     const int64_t w0 = window_begin(ow, s.out_w, s.in_w), w1 = window_end(ow, s.out_w, s.in_w);
     const int64_t width = w1 - w0;
@@ -94,11 +92,8 @@ __global__ void adaptive_avg_forward_nhwc_kernel(const T* __restrict__ input, T*
   using acc_t = at::opmath_type<T>;
   const int64_t channel_vecs = s.channels / N;
   for (int64_t item = cuda::global_thread_index(); item < total_items; item += cuda::grid_thread_count()) {
-    const int64_t cv = item % channel_vecs;
-    const int64_t pixel = item / channel_vecs;
-    const int64_t ow = pixel % s.out_w;
-    const int64_t oh = (pixel / s.out_w) % s.out_h;
-    const int64_t n = pixel / (s.out_w * s.out_h);
+    const cuda::ImageIndex at = cuda::image_index(item, channel_vecs, s.out_h, s.out_w);
+    const int64_t cv = at.inner, n = at.outer, oh = at.y, ow = at.x;
     const int64_t h0 = window_begin(oh, s.out_h, s.in_h), h1 = window_end(oh, s.out_h, s.in_h);
     const int64_t w0 = window_begin(ow, s.out_w, s.in_w), w1 = window_end(ow, s.out_w, s.in_w);
     const T* image = input + n * s.in_h * s.in_w * s.channels + cv * N;
@@ -126,9 +121,8 @@ __global__ void adaptive_avg_backward_nchw_kernel(const T* __restrict__ grad_out
                                                   AdaptiveShape s) {
   using acc_t = at::opmath_type<T>;
   for (int64_t i = cuda::global_thread_index(); i < total; i += cuda::grid_thread_count()) {
-    const int64_t w = i % s.in_w;
-    const int64_t h = (i / s.in_w) % s.in_h;
-    const int64_t plane = i / (s.in_w * s.in_h);
+    const cuda::ImageIndex at = cuda::image_index(i, 1, s.in_h, s.in_w);
+    const int64_t plane = at.outer, h = at.y, w = at.x;
     // Outputs whose windows contain row h / column w: the same split with the roles of I and O swapped.
     const int64_t oh0 = window_begin(h, s.in_h, s.out_h), oh1 = min(window_end(h, s.in_h, s.out_h), s.out_h);
     const int64_t ow0 = window_begin(w, s.in_w, s.out_w), ow1 = min(window_end(w, s.in_w, s.out_w), s.out_w);
@@ -153,11 +147,8 @@ __global__ void adaptive_avg_backward_nhwc_kernel(const T* __restrict__ grad_out
   using acc_t = at::opmath_type<T>;
   const int64_t channel_vecs = s.channels / N;
   for (int64_t item = cuda::global_thread_index(); item < total_items; item += cuda::grid_thread_count()) {
-    const int64_t cv = item % channel_vecs;
-    const int64_t pixel = item / channel_vecs;
-    const int64_t w = pixel % s.in_w;
-    const int64_t h = (pixel / s.in_w) % s.in_h;
-    const int64_t n = pixel / (s.in_w * s.in_h);
+    const cuda::ImageIndex at = cuda::image_index(item, channel_vecs, s.in_h, s.in_w);
+    const int64_t cv = at.inner, n = at.outer, h = at.y, w = at.x;
     const int64_t oh0 = window_begin(h, s.in_h, s.out_h), oh1 = min(window_end(h, s.in_h, s.out_h), s.out_h);
     const int64_t ow0 = window_begin(w, s.in_w, s.out_w), ow1 = min(window_end(w, s.in_w, s.out_w), s.out_w);
     const T* image_go = grad_output + n * s.out_h * s.out_w * s.channels + cv * N;

@@ -48,9 +48,8 @@ __global__ void avg_pool_forward_nchw_kernel(const T* __restrict__ input, T* __r
                                              int64_t divisor_override) {
   using acc_t = at::opmath_type<T>;
   for (int64_t o = cuda::global_thread_index(); o < total; o += cuda::grid_thread_count()) {
-    const int64_t ow = o % s.out_w;
-    const int64_t oh = (o / s.out_w) % s.out_h;
-    const int64_t plane = o / (s.out_w * s.out_h);
+    const cuda::ImageIndex at = cuda::image_index(o, 1, s.out_h, s.out_w);
+    const int64_t plane = at.outer, oh = at.y, ow = at.x;
     const AvgWindow win = avg_window(oh, ow, s, count_include_pad, divisor_override);
     if (win.h_begin >= win.h_end || win.w_begin >= win.w_end) {
       output[o] = static_cast<T>(0);
@@ -73,11 +72,8 @@ __global__ void avg_pool_forward_nhwc_kernel(const T* __restrict__ input, T* __r
   using acc_t = at::opmath_type<T>;
   const int64_t channel_vecs = s.channels / N;
   for (int64_t item = cuda::global_thread_index(); item < total_items; item += cuda::grid_thread_count()) {
-    const int64_t cv = item % channel_vecs;
-    const int64_t pixel = item / channel_vecs;
-    const int64_t ow = pixel % s.out_w;
-    const int64_t oh = (pixel / s.out_w) % s.out_h;
-    const int64_t n = pixel / (s.out_w * s.out_h);
+    const cuda::ImageIndex at = cuda::image_index(item, channel_vecs, s.out_h, s.out_w);
+    const int64_t cv = at.inner, n = at.outer, oh = at.y, ow = at.x;
     const AvgWindow win = avg_window(oh, ow, s, count_include_pad, divisor_override);
     const T* image = input + n * s.in_h * s.in_w * s.channels + cv * N;
     acc_t sum[N];
@@ -105,9 +101,8 @@ __global__ void avg_pool_backward_nchw_kernel(const T* __restrict__ grad_output,
                                               int64_t divisor_override) {
   using acc_t = at::opmath_type<T>;
   for (int64_t i = cuda::global_thread_index(); i < total; i += cuda::grid_thread_count()) {
-    const int64_t w = i % s.in_w;
-    const int64_t h = (i / s.in_w) % s.in_h;
-    const int64_t plane = i / (s.in_w * s.in_h);
+    const cuda::ImageIndex at = cuda::image_index(i, 1, s.in_h, s.in_w);
+    const int64_t plane = at.outer, h = at.y, w = at.x;
     const pool::Span rows = pool::avg_pool_covering(h, s.kernel_h, s.stride_h, s.pad_h, s.out_h);
     const pool::Span cols = pool::avg_pool_covering(w, s.kernel_w, s.stride_w, s.pad_w, s.out_w);
     const T* plane_go = grad_output + plane * s.out_h * s.out_w;
@@ -130,11 +125,8 @@ __global__ void avg_pool_backward_nhwc_kernel(const T* __restrict__ grad_output,
   using acc_t = at::opmath_type<T>;
   const int64_t channel_vecs = s.channels / N;
   for (int64_t item = cuda::global_thread_index(); item < total_items; item += cuda::grid_thread_count()) {
-    const int64_t cv = item % channel_vecs;
-    const int64_t pixel = item / channel_vecs;
-    const int64_t w = pixel % s.in_w;
-    const int64_t h = (pixel / s.in_w) % s.in_h;
-    const int64_t n = pixel / (s.in_w * s.in_h);
+    const cuda::ImageIndex at = cuda::image_index(item, channel_vecs, s.in_h, s.in_w);
+    const int64_t cv = at.inner, n = at.outer, h = at.y, w = at.x;
     const pool::Span rows = pool::avg_pool_covering(h, s.kernel_h, s.stride_h, s.pad_h, s.out_h);
     const pool::Span cols = pool::avg_pool_covering(w, s.kernel_w, s.stride_w, s.pad_w, s.out_w);
     const T* image_go = grad_output + n * s.out_h * s.out_w * s.channels + cv * N;

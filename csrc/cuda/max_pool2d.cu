@@ -37,9 +37,8 @@ __global__ void max_pool_forward_nchw_kernel(const T* __restrict__ input, T* __r
                                              int64_t* __restrict__ indices, int64_t total, Pool2dShape s) {
   using acc_t = at::opmath_type<T>;
   for (int64_t o = cuda::global_thread_index(); o < total; o += cuda::grid_thread_count()) {
-    const int64_t ow = o % s.out_w;
-    const int64_t oh = (o / s.out_w) % s.out_h;
-    const int64_t plane = o / (s.out_w * s.out_h);
+    const cuda::ImageIndex at = cuda::image_index(o, 1, s.out_h, s.out_w);
+    const int64_t plane = at.outer, oh = at.y, ow = at.x;
     const pool::Span rows = pool::max_pool_span(oh, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, s.in_h);
     const pool::Span cols = pool::max_pool_span(ow, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w, s.in_w);
     const int64_t h_first = rows.begin, h_end = rows.end;
@@ -71,11 +70,8 @@ __global__ void max_pool_forward_nhwc_kernel(const T* __restrict__ input, T* __r
   using acc_t = at::opmath_type<T>;
   const int64_t channel_vecs = s.channels / N;
   for (int64_t item = cuda::global_thread_index(); item < total_items; item += cuda::grid_thread_count()) {
-    const int64_t cv = item % channel_vecs;
-    const int64_t pixel = item / channel_vecs;
-    const int64_t ow = pixel % s.out_w;
-    const int64_t oh = (pixel / s.out_w) % s.out_h;
-    const int64_t n = pixel / (s.out_w * s.out_h);
+    const cuda::ImageIndex at = cuda::image_index(item, channel_vecs, s.out_h, s.out_w);
+    const int64_t cv = at.inner, n = at.outer, oh = at.y, ow = at.x;
     const pool::Span rows = pool::max_pool_span(oh, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, s.in_h);
     const pool::Span cols = pool::max_pool_span(ow, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w, s.in_w);
     const int64_t h_first = rows.begin, h_end = rows.end;

@@ -95,6 +95,23 @@ inline cudaStream_t current_stream() {
   return c10::cuda::getCurrentCUDAStream().stream();
 }
 
+// Position of flat index i in a dense [outer][h][w][inner] iteration space: an NCHW element loop is
+// (plane, y, x) with inner = 1, an NHWC loop over channel vectors is (n, y, x, vector).
+struct ImageIndex {
+  int64_t outer, y, x, inner;
+};
+
+C10_HOST_DEVICE inline ImageIndex image_index(int64_t i, int64_t inner, int64_t h, int64_t w) {
+  ImageIndex r;
+  r.inner = i % inner;
+  int64_t rest = i / inner;
+  r.x = rest % w;
+  rest /= w;
+  r.y = rest % h;
+  r.outer = rest / h;
+  return r;
+}
+
 __device__ __forceinline__ int64_t global_thread_index() {
   return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
 }
