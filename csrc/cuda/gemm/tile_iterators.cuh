@@ -51,75 +51,89 @@ __device__ __forceinline__ PixelOfRow pixel_of_row(int64_t row, int plane_h, int
   return px;
 }
 
-// forward A: row = output pixel (n, oy, ox), K = (kh, kw, c) of the input window.
+// The rows of a K-major activation operand (forward A, dgrad A): per chunk, whether its row exists, the
+// row's pixel origin and the tensor offset of its sample and group.
 template <int kChunks, int kLineStep>
-struct ForwardInputIterator {
-  static constexpr bool kIsA = true, kKMajor = true, kGradOperand = false;
+struct PixelRows {
   int contig0;
-  int64_t base[kChunks];  // the sample's first element plus the group's channel offset
+  int64_t base[kChunks];
   int y0[kChunks], x0[kChunks];
   bool ok[kChunks];
 
-  __device__ void init(const GemmParams& p, int64_t row_tile0, ChunkOrigin o, int g) {
+  // origin(px, i) fills base[i], y0[i], x0[i] for the row's pixel px in a plane_h x plane_w image.
+  template <typename Origin>
+  __device__ void init_rows(const GemmParams& p, int64_t row_tile0, ChunkOrigin o, int plane_h, int plane_w,
+                            Origin origin) {
     contig0 = o.contig0;
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
       const int64_t row = row_tile0 + o.line0 + i * kLineStep;
       ok[i] = row < p.M;
-      const PixelOfRow px = pixel_of_row(ok[i] ? row : 0, p.out_h, p.out_w);
-      base[i] = px.n * p.in_h * p.in_w * p.in_c + static_cast<int64_t>(g) * p.in_cg;
-      y0[i] = px.y * p.stride_h - p.pad_h;
-      x0[i] = px.x * p.stride_w - p.pad_w;
+      origin(pixel_of_row(ok[i] ? row : 0, plane_h, plane_w), i);
     }
   }
 
-  __device__ __forceinline__ bool source(const GemmParams& p, int i, int64_t k0, int e, int64_t& off) const {
+  // The (kh, kw, c) tap of element e of chunk i of the K tile at k0; false past the row's K or M.
+  __device__ __forceinline__ bool tap(const GemmParams& p, int i, int64_t k0, int e, int cg,
+                                      KernelTap& t) const {
     const int64_t k = k0 + contig0 + e;
     if (!ok[i] || k >= p.K) return false;
-    const KernelTap t = kernel_tap(p, static_cast<int>(k), p.in_cg);  // forward K fits in int32
-    const int iy = y0[i] + t.kh * p.dilation_h;
-    const int ix = x0[i] + t.kw * p.dilation_w;
+    t = kernel_tap(p, static_cast<int>(k), cg);  // forward/dgrad K fits in int32
+    return true;
+  }
+};
+
+// forward A: row = output pixel (n, oy, ox), K = (kh, kw, c) of the input window.
+template <int kChunks, int kLineStep>
+struct ForwardInputIterator : PixelRows<kChunks, kLineStep> {
+  static constexpr bool kIsA = true, kKMajor = true, kGradOperand = false;
+  using Rows = PixelRows<kChunks, kLineStep>;
+
+  __device__ void init(const GemmParams& p, int64_t row_tile0, ChunkOrigin o, int g) {
+    Rows::init_rows(p, row_tile0, o, p.out_h, p.out_w, [&](const PixelOfRow& px, int i) {
+      this->base[i] = px.n * p.in_h * p.in_w * p.in_c + static_cast<int64_t>(g) * p.in_cg;
+      this->y0[i] = px.y * p.stride_h - p.pad_h;
+      this->x0[i] = px.x * p.stride_w - p.pad_w;
+    });
+  }
+
+  __device__ __forceinline__ bool source(const GemmParams& p, int i, int64_t k0, int e, int64_t& off) const {
+    KernelTap t;
+    if (!Rows::tap(p, i, k0, e, p.in_cg, t)) return false;
+    const int iy = this->y0[i] + t.kh * p.dilation_h;
+    const int ix = this->x0[i] + t.kw * p.dilation_w;
     if (iy < 0 || iy >= p.in_h || ix < 0 || ix >= p.in_w) return false;
-    off = base[i] + (static_cast<int64_t>(iy) * p.in_w + ix) * p.in_c + t.c;
+    off = this->base[i] + (static_cast<int64_t>(iy) * p.in_w + ix) * p.in_c + t.c;
     return true;
   }
 };
 
 // dgrad A: row = input pixel (n, y, x), K = (kh, kw, oc) of the output pixels that read it.
 template <int kChunks, int kLineStep>
-struct DgradGradOutputIterator {
+struct DgradGradOutputIterator : PixelRows<kChunks, kLineStep> {
   static constexpr bool kIsA = true, kKMajor = true, kGradOperand = true;
-  int contig0;
-  int64_t base[kChunks];
-  int y0[kChunks], x0[kChunks];  // y + pad, x + pad
-  bool ok[kChunks];
+  using Rows = PixelRows<kChunks, kLineStep>;
 
   __device__ void init(const GemmParams& p, int64_t row_tile0, ChunkOrigin o, int g) {
-    contig0 = o.contig0;
-#pragma unroll
-    for (int i = 0; i < kChunks; ++i) {
-      const int64_t row = row_tile0 + o.line0 + i * kLineStep;
-      ok[i] = row < p.M;
-      const PixelOfRow px = pixel_of_row(ok[i] ? row : 0, p.in_h, p.in_w);
-      base[i] = px.n * p.out_h * p.out_w * p.out_c + static_cast<int64_t>(g) * p.out_cg;
-      y0[i] = px.y + p.pad_h;
-      x0[i] = px.x + p.pad_w;
-    }
+    Rows::init_rows(p, row_tile0, o, p.in_h, p.in_w, [&](const PixelOfRow& px, int i) {
+      this->base[i] = px.n * p.out_h * p.out_w * p.out_c + static_cast<int64_t>(g) * p.out_cg;
+      this->y0[i] = px.y + p.pad_h;  // y + pad, x + pad
+      this->x0[i] = px.x + p.pad_w;
+    });
   }
 
   __device__ __forceinline__ bool source(const GemmParams& p, int i, int64_t k0, int e, int64_t& off) const {
-    const int64_t k = k0 + contig0 + e;
-    if (!ok[i] || k >= p.K) return false;
-    const KernelTap t = kernel_tap(p, static_cast<int>(k), p.out_cg);  // dgrad K fits in int32
+    KernelTap t;
+    if (!Rows::tap(p, i, k0, e, p.out_cg, t)) return false;
     // Input pixel (y, x) receives output pixel (oy, ox) through tap (kh, kw) iff
     // oy * stride = y + pad - kh * dilation exactly.
-    const int ty = y0[i] - t.kh * p.dilation_h;
-    const int tx = x0[i] - t.kw * p.dilation_w;
+    const int ty = this->y0[i] - t.kh * p.dilation_h;
+    const int tx = this->x0[i] - t.kw * p.dilation_w;
     if (ty < 0 || tx < 0) return false;
     const int oy = ty / p.stride_h;
     const int ox = tx / p.stride_w;
     if (oy * p.stride_h != ty || ox * p.stride_w != tx || oy >= p.out_h || ox >= p.out_w) return false;
-    off = base[i] + (static_cast<int64_t>(oy) * p.out_w + ox) * p.out_c + t.c;
+    off = this->base[i] + (static_cast<int64_t>(oy) * p.out_w + ox) * p.out_c + t.c;
     return true;
   }
 };
