@@ -5,9 +5,7 @@
 // row) pairs; each output pixel computes its four taps and weights once and applies them to all channels
 // (common/augment_affine.h, shared with the CUDA kernel).
 // Layout: NCHW or channels_last (the output follows the input), uint8/float32/float64 input; the output
-// is float32 (float64 for float64 input). Measured (benchmarks/bench_augment.py, 2 shared cores, with the
-// per-batch parameter sampling): 256 x 3 x 64x64 uint8 -> 56x56 float32 at ~9,500 images/s, 32x32 -> 32x32
-// at ~21,000 images/s (torchvision.transforms.v2 per image: ~150-190 images/s).
+// is float32 (float64 for float64 input). Measured: benchmarks/NOTES.md (augment_affine, 2026-11-25).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
