@@ -17,6 +17,7 @@
 
 #include <algorithm>
 
+#include "cuda/common/conv_geometry.cuh"
 #include "cuda/common/launch.cuh"
 #include "cuda/conv2d_depthwise.h"
 #include "cuda/gemm/gemm.h"
@@ -25,9 +26,8 @@ namespace fastcnn {
 namespace cuda {
 namespace {
 
-struct DepthwiseParams {
-  int batch, in_c, in_h, in_w, out_c, out_h, out_w;
-  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+struct DepthwiseParams : ConvGeometry32 {
+  int batch;
   int multiplier;
 };
 
@@ -44,21 +44,8 @@ DepthwiseParams depthwise_params(const Conv2dShape& s, bool per_image_int32) {
               "fastcnn: depthwise conv2d images of more than 2^31 - 1 elements (", s.in_channels, "x", s.in_h,
               "x", s.in_w, ") need NCHW input on the CUDA kernels");
   DepthwiseParams p{};
+  static_cast<ConvGeometry32&>(p) = conv_geometry32(s);
   p.batch = static_cast<int>(s.batch);
-  p.in_c = static_cast<int>(s.in_channels);
-  p.in_h = static_cast<int>(s.in_h);
-  p.in_w = static_cast<int>(s.in_w);
-  p.out_c = static_cast<int>(s.out_channels);
-  p.out_h = static_cast<int>(s.out_h);
-  p.out_w = static_cast<int>(s.out_w);
-  p.kernel_h = static_cast<int>(s.kernel_h);
-  p.kernel_w = static_cast<int>(s.kernel_w);
-  p.stride_h = static_cast<int>(s.stride_h);
-  p.stride_w = static_cast<int>(s.stride_w);
-  p.pad_h = static_cast<int>(s.pad_h);
-  p.pad_w = static_cast<int>(s.pad_w);
-  p.dilation_h = static_cast<int>(s.dilation_h);
-  p.dilation_w = static_cast<int>(s.dilation_w);
   p.multiplier = static_cast<int>(s.out_channels / s.in_channels);
   return p;
 }

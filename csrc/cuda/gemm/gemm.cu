@@ -41,22 +41,9 @@ namespace {
 
 GemmParams geometry_params(const Conv2dShape& s) {
   GemmParams p{};
+  static_cast<ConvGeometry32&>(p) = conv_geometry32(s);
   p.groups = static_cast<int>(s.groups);
   p.splits = 1;
-  p.in_h = static_cast<int>(s.in_h);
-  p.in_w = static_cast<int>(s.in_w);
-  p.in_c = static_cast<int>(s.in_channels);
-  p.out_h = static_cast<int>(s.out_h);
-  p.out_w = static_cast<int>(s.out_w);
-  p.out_c = static_cast<int>(s.out_channels);
-  p.kernel_h = static_cast<int>(s.kernel_h);
-  p.kernel_w = static_cast<int>(s.kernel_w);
-  p.stride_h = static_cast<int>(s.stride_h);
-  p.stride_w = static_cast<int>(s.stride_w);
-  p.pad_h = static_cast<int>(s.pad_h);
-  p.pad_w = static_cast<int>(s.pad_w);
-  p.dilation_h = static_cast<int>(s.dilation_h);
-  p.dilation_w = static_cast<int>(s.dilation_w);
   p.in_cg = static_cast<int>(s.in_channels / s.groups);
   p.out_cg = static_cast<int>(s.out_channels / s.groups);
   return p;

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "cuda/common/conv_geometry.cuh"
 #include "cuda/gemm/epilogue.cuh"
 
 namespace fastcnn {
@@ -12,23 +13,21 @@ namespace cuda {
 
 enum class GemmMode : int { kForward = 0, kDgrad = 1, kWgrad = 2 };
 
-// Geometry of one implicit GEMM. Spatial sizes, channel counts and per-group K of forward/dgrad fit in
+// Geometry of one implicit GEMM (the convolution's in ConvGeometry32). Spatial sizes, channel counts and per-group K of forward/dgrad fit in
 // int32 (checked by the host); pixel counts (M of forward/dgrad, K of wgrad) and all offsets are int64.
-struct GemmParams {
+struct GemmParams : ConvGeometry32 {
   int64_t M;
   int N;
   int64_t K;
   int groups;
   int splits;                 // K splits (wgrad only; 1 otherwise), blockIdx.z = group * splits + split
   int64_t k_tiles_per_split;  // BK-wide K tiles per split
-  int in_h, in_w, in_c, out_h, out_w, out_c;
-  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
-  int in_cg, out_cg;    // channels per group
-  const void* a;        // forward: input; dgrad, wgrad: grad_output
-  const void* a_aux;    // dgrad, wgrad: the op's output y for act'(y); nullptr when no activation
-  const void* b;        // forward: weight [OC,KH,KW,Cg]; dgrad: weight [C,KH,KW,OCg]; wgrad: input
-  int grad_activation;  // activation whose derivative scales A as it is loaded (dgrad, wgrad)
-  bool a_vec, b_vec;    // the operand may be moved in aligned 16-byte chunks
+  int in_cg, out_cg;          // channels per group
+  const void* a;              // forward: input; dgrad, wgrad: grad_output
+  const void* a_aux;          // dgrad, wgrad: the op's output y for act'(y); nullptr when no activation
+  const void* b;              // forward: weight [OC,KH,KW,Cg]; dgrad: weight [C,KH,KW,OCg]; wgrad: input
+  int grad_activation;        // activation whose derivative scales A as it is loaded (dgrad, wgrad)
+  bool a_vec, b_vec;          // the operand may be moved in aligned 16-byte chunks
   EpilogueParams ep;
 };
 
