@@ -58,6 +58,7 @@ emu-tsan: $(VENV)/.editable
 
 # Removes one __syncthreads/__syncwarp/wait_group site at a time and reports which removals the tests notice.
 barrier-ablation: build-emu
+	mkdir -p $(DEMO_OUT)
 	$(PY) scripts/barrier_ablation.py --json $(DEMO_OUT)/barrier_ablation.json
 
 # The main job: one step per target, run in order (add a step by adding a target to DEMO_STEPS).
