@@ -24,7 +24,7 @@ __all__ = [
     "Linear",
     "MaxPool2d",
     "ResidualAdd",
-    # and the module of each activation, generated from fastcnn.ops.ACTIVATIONS: ReLU, Sigmoid, Tanh
+    # and the module of each activation, generated from fastcnn.ops.ACTIVATIONS: ReLU, Sigmoid, ReLU6, ...
 ]
 
 

@@ -5,11 +5,11 @@ through fastcnn's backward kernels (registered with ``torch.library.register_aut
 (shape-only) kernel, so models built from these ops run under ``torch.compile(fullgraph=True)``.
 
 The conv and linear ops take a fused epilogue: ``activation`` (a name in :data:`ACTIVATIONS`: "relu",
-"sigmoid", "tanh", or None) and, for conv2d, a ``residual`` tensor added before the activation, all
+"sigmoid", "tanh", "relu6", or None) and, for conv2d, a ``residual`` tensor added before the activation, all
 applied in the pass that writes the output.
 
 Activations are one registry, :data:`ACTIVATIONS`: each row names an activation, its kernel code and
-its PyTorch counterparts. The elementwise op of each (``relu``, ``sigmoid``, ``tanh``), its fake kernel
+its PyTorch counterparts. The elementwise op of each (``relu``, ``sigmoid``, ``tanh``, ...), its fake kernel
 and its autograd formula are generated from the row, and so are the :mod:`fastcnn.nn` modules,
 :func:`fastcnn.convert`'s and :func:`fastcnn.fuse`'s mappings and the references the checks and
 benchmarks compare with: adding an activation on the Python side is adding its row.
@@ -40,7 +40,7 @@ __all__ = [
     "linear",
     "max_pool2d",
     "resolve_activation",
-    # and the elementwise op of each activation, generated from ACTIVATIONS: relu, sigmoid, tanh
+    # and the elementwise op of each activation, generated from ACTIVATIONS: relu, sigmoid, tanh, relu6, ...
 ]
 
 IntPair = int | Sequence[int]
@@ -138,6 +138,20 @@ ACTIVATIONS: Mapping[str, Activation] = MappingProxyType(
                 module=nn.Tanh,
                 functions=(torch.tanh, F.tanh),
                 methods=("tanh", "tanh_"),
+            ),
+            Activation(
+                name="relu6",
+                code=4,
+                doc="ReLU6, ``min(max(x, 0), 6)`` (MobileNet's activation).",
+                reference=F.relu6,
+                derivative=lambda y: ((y > 0) & (y < 6)).to(y.dtype),
+                # hardtanh_backward reads its input; 0 < x < 6 exactly where 0 < y < 6, so y serves.
+                reference_backward=lambda grad_output, output: _aten.hardtanh_backward(
+                    grad_output, output, 0.0, 6.0
+                ),
+                module=nn.ReLU6,
+                functions=(F.relu6,),
+                inplace_arg=True,
             ),
         )
     }

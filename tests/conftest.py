@@ -131,6 +131,8 @@ ACTIVATIONS = [None, *ops.ACTIVATIONS]
 #: PyTorch's op for each activation; the kernel code of each.
 TORCH_ACT = {name: ops.resolve_activation(name).reference for name in ACTIVATIONS}
 CODE = {name: ops.activation_code(name) for name in ACTIVATIONS}
+#: A code no kernel accepts, one past the table.
+INVALID_ACTIVATION_CODE = max(CODE.values()) + 1
 
 # --------------------------------------------------------------------------------------------------------
 # tensors

@@ -1,4 +1,5 @@
-"""relu / sigmoid / tanh, the fused residual add and activation_backward, against PyTorch."""
+"""Every activation of fastcnn.ops.ACTIVATIONS, the fused residual add and activation_backward, against
+PyTorch."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from conftest import (
     CODE,
     CUDA,
     DEVICES,
+    INVALID_ACTIVATION_CODE,
     TOL,
     TORCH_ACT,
     assert_close,
@@ -158,6 +160,19 @@ def test_fp32_sigmoid_tanh_accuracy_over_the_whole_range(name, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name,kinks", [("relu", [0.0]), ("relu6", [0.0, 6.0])], ids=lambda v: str(v))
+def test_gradient_at_the_kinks_matches_torch(name, kinks, device):
+    """At and around each kink the gradient is PyTorch's exactly (0 at the kink itself)."""
+    points = [k + d for k in kinks for d in (-1e-3, 0.0, 1e-3)]
+    x = torch.tensor(points, dtype=torch.float64, device=device, requires_grad=True)
+    ours, theirs = UNARY[name]
+    ours(x).backward(torch.ones_like(x))
+    xr = x.detach().clone().requires_grad_()
+    theirs(xr).backward(torch.ones_like(xr))
+    assert torch.equal(x.grad, xr.grad), f"{name}: {x.grad.tolist()} vs {xr.grad.tolist()}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_relu_inplace_flag_leaves_input(device):
     x = make_tensor((3, 4), device=device)
     before = x.clone()
@@ -215,7 +230,11 @@ BAD = [
     ("add-meta", lambda: ops.add(_t(2, 3), _t(2, 3, device="meta")), r"other|input"),
     ("add-meta-direct", lambda: torch.ops.fastcnn.add(_t(2, 3, device="meta"), _t(2, 3), 0), r"other|input"),
     ("add-activation-unknown", lambda: ops.add(_t(2, 3), _t(2, 3), activation="elu"), r"activation"),
-    ("add-activation-code-direct", lambda: torch.ops.fastcnn.add(_t(2, 3), _t(2, 3), 9), r"activation"),
+    (
+        "add-activation-code-direct",
+        lambda: torch.ops.fastcnn.add(_t(2, 3), _t(2, 3), INVALID_ACTIVATION_CODE),
+        r"activation",
+    ),
     (
         "activation-backward-shape-direct",
         lambda: torch.ops.fastcnn.activation_backward(_t(2, 3), _t(3, 2), 1),

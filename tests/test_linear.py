@@ -11,6 +11,7 @@ from conftest import (
     CODE,
     CUDA,
     DEVICES,
+    INVALID_ACTIVATION_CODE,
     TOL,
     TORCH_ACT,
     assert_close,
@@ -213,7 +214,11 @@ BAD_LINEAR = [
     ("bias-shape", lambda: ops.linear(_t(2, 3), _t(4, 3), _t(3)), r"bias"),
     ("bias-2d-direct", lambda: torch.ops.fastcnn.linear(_t(2, 3), _t(4, 3), _t(1, 4), 0), r"bias"),
     ("activation-unknown", lambda: ops.linear(_t(2, 3), _t(4, 3), activation="swish"), r"activation"),
-    ("activation-code-direct", lambda: torch.ops.fastcnn.linear(_t(2, 3), _t(4, 3), None, 4), r"activation"),
+    (
+        "activation-code-direct",
+        lambda: torch.ops.fastcnn.linear(_t(2, 3), _t(4, 3), None, INVALID_ACTIVATION_CODE),
+        r"activation",
+    ),
     (
         "backward-grad-shape-direct",
         lambda: torch.ops.fastcnn.linear_backward(_t(2, 5), _t(2, 3), _t(4, 3), None, 0, [True, True, True]),

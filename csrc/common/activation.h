@@ -87,12 +87,28 @@ struct TanhFunctor {
   }
 };
 
+// relu6 = min(max(x, 0), 6); relu6' = [0 < x < 6] = [0 < y < 6], 0 at both kinks, as PyTorch's
+// hardtanh_backward.
+struct ReLU6Functor {
+  static constexpr bool kGradFromOutput = true;
+  template <typename T>
+  C10_HOST_DEVICE static T forward(T x) {
+    // Comparisons are false for NaN, which passes through as PyTorch's clamp does.
+    return x < T(0) ? T(0) : (x > T(6) ? T(6) : x);
+  }
+  template <typename T>
+  C10_HOST_DEVICE static T backward(T g, T y) {
+    return y > T(0) && y < T(6) ? g : T(0);
+  }
+};
+
 // X(Enum, code, op name, functor). The code is the `int activation` of every fused op's schema and of
 // fastcnn.ops.ACTIVATIONS; 0 is reserved for no activation (IdentityFunctor).
 #define FASTCNN_ACTIVATIONS(X)           \
   X(ReLU, 1, relu, ReLUFunctor)          \
   X(Sigmoid, 2, sigmoid, SigmoidFunctor) \
-  X(Tanh, 3, tanh, TanhFunctor)
+  X(Tanh, 3, tanh, TanhFunctor)          \
+  X(ReLU6, 4, relu6, ReLU6Functor)
 
 #define FASTCNN_ACTIVATION_ENUM_ENTRY(Enum, code, op, Functor) Enum = code,
 enum class Activation : int64_t { None = 0, FASTCNN_ACTIVATIONS(FASTCNN_ACTIVATION_ENUM_ENTRY) };
