@@ -145,21 +145,27 @@ inline at::MemoryFormat output_memory_format(const at::Tensor& input) {
                                                                          : at::MemoryFormat::Contiguous;
 }
 
-// conv2d_backward's grad_output (the output's shape) and, when an activation was fused, the forward
-// output y its derivative is read from.
+// A fused op's backward: grad_output has the forward output's shape, and when an activation was fused
+// the forward output y (whose derivative is read) is given, alike.
+inline void check_grad_and_output(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
+                                  const std::optional<at::Tensor>& output, at::IntArrayRef out_sizes,
+                                  bool has_activation) {
+  check_same_dtype_device(grad_output, input, "grad_output", "input");
+  TORCH_CHECK(grad_output.sizes() == out_sizes, "fastcnn: grad_output must have shape ", out_sizes, ", got ",
+              grad_output.sizes());
+  if (!has_activation) return;
+  TORCH_CHECK(output.has_value() && output->defined(), "fastcnn: ", op,
+              " needs the forward output when an activation is fused");
+  check_same_dtype_device(*output, input, "output", "input");
+  TORCH_CHECK(output->sizes() == out_sizes, "fastcnn: output must have shape ", out_sizes, ", got ",
+              output->sizes());
+}
+
 inline void check_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                   const std::optional<at::Tensor>& output, const Conv2dShape& s,
                                   bool has_activation) {
   const std::vector<int64_t> out_sizes{s.batch, s.out_channels, s.out_h, s.out_w};
-  check_same_dtype_device(grad_output, input, "grad_output", "input");
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_sizes), "fastcnn: grad_output must have shape ",
-              at::IntArrayRef(out_sizes), ", got ", grad_output.sizes());
-  if (!has_activation) return;
-  TORCH_CHECK(output.has_value() && output->defined(),
-              "fastcnn: conv2d_backward needs the forward output when an activation is fused");
-  check_same_dtype_device(*output, input, "output", "input");
-  TORCH_CHECK(output->sizes() == at::IntArrayRef(out_sizes), "fastcnn: output must have shape ",
-              at::IntArrayRef(out_sizes), ", got ", output->sizes());
+  check_grad_and_output("conv2d_backward", grad_output, input, output, out_sizes, has_activation);
 }
 
 struct LinearShape {
@@ -197,19 +203,10 @@ inline LinearShape check_linear(const at::Tensor& input, const at::Tensor& weigh
   return s;
 }
 
-// linear_backward's grad_output (the output's shape) and, when an activation was fused, the output y.
 inline void check_linear_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                   const std::optional<at::Tensor>& output, const LinearShape& s,
                                   bool has_activation) {
-  check_same_dtype_device(grad_output, input, "grad_output", "input");
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(s.out_sizes), "fastcnn: grad_output must have shape ",
-              at::IntArrayRef(s.out_sizes), ", got ", grad_output.sizes());
-  if (!has_activation) return;
-  TORCH_CHECK(output.has_value() && output->defined(),
-              "fastcnn: linear_backward needs the forward output when an activation is fused");
-  check_same_dtype_device(*output, input, "output", "input");
-  TORCH_CHECK(output->sizes() == at::IntArrayRef(s.out_sizes), "fastcnn: output must have shape ",
-              at::IntArrayRef(s.out_sizes), ", got ", output->sizes());
+  check_grad_and_output("linear_backward", grad_output, input, output, s.out_sizes, has_activation);
 }
 
 // Elementwise ops work in memory order: a 4-D tensor keeps its memory format (NCHW or channels_last),
@@ -282,13 +279,11 @@ inline void check_max_pool_indices(const at::Tensor& indices, const at::Tensor& 
 inline Pool2dShape check_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode,
                                 bool allow_reduced) {
-  check_dim(input, 4, "input", "N, C, H, W");
-  check_floating(input, "input", allow_reduced);
+  check_pool_input(input, allow_reduced);
   check_positive_pair(kernel_size, "kernel_size");
   check_positive_pair(stride, "stride");
   check_nonnegative_pair(padding, "padding");
   check_positive_pair(dilation, "dilation");
-  check_pool_input(input, allow_reduced);
   TORCH_CHECK(padding[0] * 2 <= kernel_size[0] && padding[1] * 2 <= kernel_size[1], "fastcnn: padding ",
               padding, " must be at most half of kernel_size ", kernel_size);
   Pool2dShape s{};

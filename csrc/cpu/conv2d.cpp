@@ -30,12 +30,9 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <array>
-#include <cstring>
 #include <optional>
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
 #include "common/activation.h"

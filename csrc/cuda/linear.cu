@@ -85,11 +85,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
   const Conv2dShape s = as_conv(l);
   const bool tf32 = allow_tf32_matmul();
   const auto opts = input.options();
-  const bool empty_gemm = l.rows == 0 || l.in_features == 0 || l.out_features == 0;
+  // check_linear refuses empty feature dimensions, so only an empty batch leaves the GEMMs empty.
+  const bool empty_batch = l.rows == 0;
 
   at::Tensor grad_input = at::empty({0}, opts);
   if (output_mask[0]) {
-    if (l.rows == 0 || l.in_features == 0 || l.out_features == 0) {
+    if (empty_batch) {
       grad_input = at::zeros(input.sizes(), opts);
     } else {
       grad_input = at::empty(input.sizes(), opts);
@@ -99,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
   }
   at::Tensor grad_weight = at::empty({0}, opts);
   if (output_mask[1]) {
-    if (empty_gemm) {
+    if (empty_batch) {
       grad_weight = at::zeros(weight.sizes(), opts);
     } else {
       grad_weight = at::empty(weight.sizes(), opts);
@@ -108,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
   }
   at::Tensor grad_bias = at::empty({0}, opts);
   if (output_mask[2]) {
-    if (l.rows == 0 || l.out_features == 0) {
+    if (empty_batch) {
       grad_bias = at::zeros({l.out_features}, opts);
     } else {
       grad_bias = at::empty({l.out_features}, opts);

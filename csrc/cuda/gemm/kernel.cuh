@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/common/helpers.cuh"
 #include "cuda/common/shared.cuh"
 #include "cuda/gemm/kernel_traits.cuh"
 #include "cuda/gemm/mainloop.cuh"
@@ -33,7 +34,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) conv_gemm_kernel(const __gri
   const int split = blockIdx.z - g * p.splits;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * Cfg::kBM;
   const int n0 = blockIdx.y * Cfg::kBN;
-  const int64_t k_tiles = (p.K + kBK - 1) / kBK;
+  const int64_t k_tiles = ceil_div(p.K, kBK);
   const int64_t kt_begin = split * p.k_tiles_per_split;
   const int64_t kt_end = k_tiles < kt_begin + p.k_tiles_per_split ? k_tiles : kt_begin + p.k_tiles_per_split;
 
