@@ -52,5 +52,18 @@ TORCH_LIBRARY(fastcnn, m) {
 #undef FASTCNN_DEFINE_ACTIVATION_OP
   m.def("add(Tensor input, Tensor other, int activation) -> Tensor");
   m.def("activation_backward(Tensor grad_output, Tensor output, int activation) -> Tensor");
+  // batch_norm returns (output, mean, var): the batch's statistics (var biased) when training, else copies
+  // of the running ones, in float32 (float64 for float64 input); the running statistics are updated by
+  // batch_norm_update_running_stats, separately, so that batch_norm stays functional and differentiable.
+  m.def(
+      "batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
+      "bool training, float eps, int activation) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor mean, Tensor var, "
+      "Tensor? output, bool training, float eps, int activation, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "batch_norm_update_running_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, "
+      "Tensor var, float momentum, int count) -> ()");
   m.def("augment_affine(Tensor input, Tensor theta, Tensor mean, Tensor std, int[2] out_size) -> Tensor");
 }

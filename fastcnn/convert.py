@@ -7,8 +7,8 @@ buffers, hooks, ``requires_grad``, device, dtype, training mode and ``state_dict
 were. Layers fastcnn cannot serve are left as they are and listed, with the reason, in the
 :class:`ConvertReport` attached to the returned model as ``model.fastcnn_convert_report``.
 
-BatchNorm stays torch's own layer: fastcnn has no batch-norm kernel. For inference, :func:`fastcnn.fuse`
-folds it into the preceding convolution.
+BatchNorm1d/2d run on fastcnn's batch-norm kernel in training and evaluation alike; for inference,
+:func:`fastcnn.fuse` also folds them into the preceding convolution.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ _REPLACEMENTS: dict[type[nn.Module], type[nn.Module]] = {
     nn.MaxPool2d: fnn.MaxPool2d,
     nn.AvgPool2d: fnn.AvgPool2d,
     nn.AdaptiveAvgPool2d: fnn.AdaptiveAvgPool2d,
+    nn.BatchNorm2d: fnn.BatchNorm2d,
+    nn.BatchNorm1d: fnn.BatchNorm1d,
     # nn.ReLU, nn.Sigmoid, nn.Tanh: the torch.nn class of every activation in the registry.
     **{ops.ACTIVATIONS[name].module: cls for name, cls in fnn.ACTIVATION_MODULES.items()},
     nn.Flatten: fnn.Flatten,
@@ -48,8 +50,12 @@ _PASSIVE = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout
 
 _SKIP_REASONS: list[tuple[tuple[type[nn.Module], ...], str]] = [
     (
-        (nn.BatchNorm2d, nn.BatchNorm1d, nn.BatchNorm3d, nn.SyncBatchNorm),
-        "no fastcnn batch-norm kernel: stays torch.nn (fastcnn.fuse folds it into the conv for inference)",
+        (nn.BatchNorm3d,),
+        "3-D batch norm: fastcnn serves BatchNorm1d/2d (it has no 3-D layers around it), stays torch.nn",
+    ),
+    (
+        (nn.SyncBatchNorm,),
+        "SyncBatchNorm reduces its statistics across processes, which fastcnn's kernel does not",
     ),
     ((nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool1d), "fastcnn has no adaptive max-pool kernel"),
     (
@@ -178,14 +184,15 @@ def convert(model: nn.Module, *, inplace: bool = False, strict: bool = False) ->
     """Swaps the torch layers of ``model`` that fastcnn serves for :mod:`fastcnn.nn` layers.
 
     Converted: ``Conv2d`` (every padding mode, groups, dilation, "same"/"valid"), ``Linear``,
-    ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, the activation modules of
+    ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, ``BatchNorm1d``/``BatchNorm2d``, the activation
+    modules of
     :data:`fastcnn.ops.ACTIVATIONS` (``ReLU``, ``Sigmoid``, ``Tanh``; in-place ones too: fastcnn writes a
     new tensor, which is a correct substitute wherever the result is used) and ``Flatten``. Matching is
     on the exact class, so a subclass with its own ``forward`` is never replaced.
-    Left on torch and listed in the report: BatchNorm (no fastcnn kernel; :func:`fastcnn.fuse` folds it
-    for inference), ``AdaptiveMaxPool2d``, ``MaxPool2d(return_indices=True)``, 1-D/3-D and transposed
-    convs, parametrized layers, and layers whose dtype/device fastcnn's kernels do not take (float16 or
-    bfloat16 on the CPU, any device but CPU/CUDA).
+    Left on torch and listed in the report: ``BatchNorm3d``, ``SyncBatchNorm``, ``AdaptiveMaxPool2d``,
+    ``MaxPool2d(return_indices=True)``, 1-D/3-D and transposed convs, parametrized layers, and layers
+    whose dtype/device fastcnn's kernels do not take (float16 or bfloat16 on the CPU, any device but
+    CPU/CUDA).
 
     Args:
         model: any ``nn.Module`` (may itself be a single layer).
@@ -196,7 +203,7 @@ def convert(model: nn.Module, *, inplace: bool = False, strict: bool = False) ->
     Returns:
         The converted model (``model`` itself when ``inplace``). Its :class:`ConvertReport` is attached
         as ``.fastcnn_convert_report``, and a summary is logged (logger ``fastcnn.convert``, INFO; skips
-        are logged at WARNING when ``strict`` is off and something other than BatchNorm was skipped).
+        are logged at WARNING when ``strict`` is off and something was skipped).
         Functional calls inside ``forward`` (``F.relu``, ``x + y``) are not touched; see
         :func:`fastcnn.fuse` for graph-level rewriting.
 
@@ -228,7 +235,7 @@ def convert(model: nn.Module, *, inplace: bool = False, strict: bool = False) ->
                 # so swapping the class (as torch's own lazy modules do) keeps every attribute, hook and
                 # parameter object as it was.
                 module.__class__ = target
-                if target in (fnn.Conv2d, fnn.Linear):
+                if target in (fnn.Conv2d, fnn.Linear, fnn.BatchNorm2d, fnn.BatchNorm1d):
                     module.activation = None
                 report.converted.append(ConvertedLayer(name, cls.__name__, target.__name__))
             else:
@@ -247,6 +254,4 @@ def convert(model: nn.Module, *, inplace: bool = False, strict: bool = False) ->
 
 
 def _log_report(report: ConvertReport) -> None:
-    # BatchNorm staying on torch is expected (fuse folds it away); anything else deserves a warning.
-    unexpected = any(not s.kind.startswith(("BatchNorm", "SyncBatchNorm")) for s in report.skipped)
-    logger.log(logging.WARNING if unexpected else logging.INFO, "%s", report.summary())
+    logger.log(logging.WARNING if report.skipped else logging.INFO, "%s", report.summary())

@@ -81,7 +81,7 @@ class FuseReport:
 
 
 def _is_batchnorm(module: nn.Module) -> bool:
-    if type(module) is nn.BatchNorm2d:
+    if type(module) is nn.BatchNorm2d or (type(module) is fnn.BatchNorm2d and module.activation is None):
         return module.track_running_stats and module.running_mean is not None
     # torchvision.ops.FrozenBatchNorm2d: always running statistics, always affine.
     cls = type(module)
@@ -125,6 +125,8 @@ _FASTCNN_LEAVES = (
     fnn.MaxPool2d,
     fnn.AvgPool2d,
     fnn.AdaptiveAvgPool2d,
+    fnn.BatchNorm2d,
+    fnn.BatchNorm1d,
     *fnn.ACTIVATION_MODULES.values(),
     fnn.Flatten,
     fnn.ResidualAdd,

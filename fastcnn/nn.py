@@ -19,6 +19,8 @@ __all__ = [
     "ACTIVATION_MODULES",
     "AdaptiveAvgPool2d",
     "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
     "Conv2d",
     "Flatten",
     "Linear",
@@ -116,6 +118,70 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
 
     def forward(self, input: Tensor) -> Tensor:
         return ops.adaptive_avg_pool2d(input, self.output_size)
+
+
+class _BatchNormForward:
+    """forward of torch.nn's batch norms on fastcnn's kernel, with an optional fused activation.
+
+    Same semantics as ``torch.nn.modules.batchnorm._BatchNorm.forward``: batch statistics in training
+    (or whenever there are no running statistics), running statistics updated in training when
+    tracked (``momentum=None``: cumulative average), running statistics in evaluation. Unlike
+    torch.nn, ``num_batches_tracked`` is only incremented once the call has succeeded.
+    """
+
+    def _init_activation(self, activation: str | None) -> None:
+        ops.activation_code(activation)  # validate early: a typo should fail at construction
+        self.activation = activation
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        tracking = self.training and self.track_running_stats and self.num_batches_tracked is not None
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if tracking and self.momentum is None:
+            momentum = 1.0 / (float(self.num_batches_tracked) + 1.0)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        keep_running = not self.training or self.track_running_stats
+        out = ops.batch_norm(
+            input,
+            self.running_mean if keep_running else None,
+            self.running_var if keep_running else None,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            momentum,
+            self.eps,
+            activation=self.activation,
+        )
+        if tracking:
+            self.num_batches_tracked.add_(1)
+        return out
+
+    def extra_repr(self) -> str:
+        extra = super().extra_repr()
+        return f"{extra}, activation={self.activation!r}" if self.activation else extra
+
+
+class BatchNorm2d(_BatchNormForward, nn.BatchNorm2d):
+    """:class:`torch.nn.BatchNorm2d` on fastcnn kernels, with an optional fused ``activation``
+    (``act(bn(x))`` in one pass: None or a name in :data:`fastcnn.ops.ACTIVATIONS`).
+
+    Buffers, state_dict keys, ``momentum=None``, ``affine=False`` and ``track_running_stats=False``
+    behave as in torch.nn; NCHW and channels_last inputs; float16/bfloat16 (CUDA) with float32
+    parameters and statistics.
+    """
+
+    def __init__(self, *args, activation: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_activation(activation)
+
+
+class BatchNorm1d(_BatchNormForward, nn.BatchNorm1d):
+    """:class:`torch.nn.BatchNorm1d` (``[N, C]`` or ``[N, C, L]`` inputs) on fastcnn kernels, with an
+    optional fused ``activation``; otherwise as :class:`BatchNorm2d`."""
+
+    def __init__(self, *args, activation: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_activation(activation)
 
 
 def _activation_module(act: ops.Activation) -> type[nn.Module]:

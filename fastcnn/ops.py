@@ -36,6 +36,7 @@ __all__ = [
     "adaptive_avg_pool2d",
     "add",
     "avg_pool2d",
+    "batch_norm",
     "conv2d",
     "linear",
     "max_pool2d",
@@ -572,6 +573,126 @@ torch.library.register_autograd(
 def _adaptive_avg_pool2d_backward_fake(grad_output, input):
     _check_devices(input, "input", grad_output=grad_output)
     return _empty_like_format(input, input.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# batch norm
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _stats_dtype(input: Tensor) -> torch.dtype:
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    activation: str | None = None,
+) -> Tensor:
+    """Batch normalisation fused with an activation: ``act(F.batch_norm(...))`` in one pass over the input
+    (forward) and one pair of passes (backward).
+
+    Arguments follow :func:`torch.nn.functional.batch_norm`: ``input`` is ``[N, C, *]`` (NCHW or
+    channels_last), ``weight``, ``bias`` and the running statistics are ``[C]``. With ``training=True``
+    the batch's statistics normalise, and running_mean/running_var, when given, are updated in place
+    (``running = (1 - momentum) * running + momentum * batch``, the batch variance unbiased); with
+    ``training=False`` the running statistics normalise. ``activation`` is None or a name in
+    :data:`ACTIVATIONS`. A float16/bfloat16 input (CUDA) takes parameters in its own dtype or in float32;
+    statistics are float32 (float64 for a float64 input). The running statistics are only written once
+    every argument has been checked.
+    """
+    _check_tensor(input, "input")
+    code = activation_code(activation)
+    if momentum is None or not 0.0 <= float(momentum) <= 1.0:
+        raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}")
+    output, mean, var = _ops.batch_norm(input, weight, bias, running_mean, running_var, training, eps, code)
+    if training and running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            _ops.batch_norm_update_running_stats(
+                running_mean, running_var, mean, var, float(momentum), input.numel() // input.shape[1]
+            )
+    return output
+
+
+@torch.library.register_fake("fastcnn::batch_norm")
+def _batch_norm_fake(input, weight, bias, running_mean, running_var, training, eps, activation):
+    _check_devices(
+        input, "input", weight=weight, bias=bias, running_mean=running_mean, running_var=running_var
+    )
+    torch._check(
+        input.dim() >= 2, lambda: f"fastcnn: batch_norm input must be [N, C, *], got {input.dim()}-D"
+    )
+    channels = input.shape[1]
+    stats = _stats_dtype(input)
+    return (
+        _empty_like_format(input, input.shape),
+        input.new_empty(channels, dtype=stats),
+        input.new_empty(channels, dtype=stats),
+    )
+
+
+def _batch_norm_setup_context(ctx, inputs, output):
+    input, weight, bias, _running_mean, _running_var, training, eps, activation = inputs
+    out, mean, var = output
+    ctx.mark_non_differentiable(mean, var)
+    ctx.training, ctx.eps, ctx.activation = training, eps, activation
+    ctx.weight_dtype = None if weight is None else weight.dtype
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.save_for_backward(input, weight, mean, var, out if activation else None)
+
+
+def _batch_norm_backward(ctx, grad_output, _grad_mean, _grad_var):
+    input, weight, mean, var, output = ctx.saved_tensors
+    mask = [
+        ctx.needs_input_grad[0],
+        ctx.needs_input_grad[1] and ctx.weight_dtype is not None,
+        ctx.needs_input_grad[2] and ctx.bias_dtype is not None,
+    ]
+    if not any(mask):
+        return (None,) * 8
+    grad_input, grad_weight, grad_bias = _ops.batch_norm_backward(
+        grad_output, input, weight, mean, var, output, ctx.training, ctx.eps, ctx.activation, mask
+    )
+    # The kernels return parameter gradients in the statistics' dtype; parameters may be float16/bfloat16.
+    return (
+        grad_input if mask[0] else None,
+        grad_weight.to(ctx.weight_dtype) if mask[1] else None,
+        grad_bias.to(ctx.bias_dtype) if mask[2] else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    "fastcnn::batch_norm", _batch_norm_backward, setup_context=_batch_norm_setup_context
+)
+
+
+@torch.library.register_fake("fastcnn::batch_norm_backward")
+def _batch_norm_backward_fake(
+    grad_output, input, weight, mean, var, output, training, eps, activation, output_mask
+):
+    _check_devices(input, "input", grad_output=grad_output, weight=weight, output=output)
+    channels = input.shape[1]
+    grad_input = _empty_like_format(input, input.shape) if output_mask[0] else input.new_empty(0)
+    grad_weight = mean.new_empty(channels if output_mask[1] else 0)
+    grad_bias = mean.new_empty(channels if output_mask[2] else 0)
+    return grad_input, grad_weight, grad_bias
+
+
+@torch.library.register_fake("fastcnn::batch_norm_update_running_stats")
+def _batch_norm_update_running_stats_fake(running_mean, running_var, mean, var, momentum, count):
+    _check_devices(running_mean, "running_mean", running_var=running_var, mean=mean, var=var)
 
 
 # ----------------------------------------------------------------------------------------------------------

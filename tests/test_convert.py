@@ -164,12 +164,20 @@ def test_report_lists_converted_and_skipped():
     model = fastcnn.convert(tv.resnet18(weights=None))
     report = model.fastcnn_convert_report
     assert isinstance(report, ConvertReport)
-    assert report.counts() == {"Conv2d": 20, "ReLU": 9, "MaxPool2d": 1, "AdaptiveAvgPool2d": 1, "Linear": 1}
-    assert {s.kind for s in report.skipped} == {"BatchNorm2d"}
-    assert all("batch-norm" in s.reason for s in report.skipped)
+    assert report.counts() == {
+        "Conv2d": 20,
+        "BatchNorm2d": 20,
+        "ReLU": 9,
+        "MaxPool2d": 1,
+        "AdaptiveAvgPool2d": 1,
+        "Linear": 1,
+    }
+    assert not report.skipped
     assert type(model.layer1[0].conv1) is fnn.Conv2d and type(model.fc) is fnn.Linear
-    assert type(model.bn1) is nn.BatchNorm2d
-    assert "left on torch: BatchNorm2d" in report.summary()
+    assert type(model.bn1) is fnn.BatchNorm2d
+    skipped = fastcnn.convert(nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm3d(2))).fastcnn_convert_report
+    assert [s.kind for s in skipped.skipped] == ["BatchNorm3d"]
+    assert "left on torch: BatchNorm3d" in skipped.summary()
 
 
 def test_inplace_keeps_parameter_objects_and_copy_does_not():

@@ -57,6 +57,14 @@ CASES = {
     "adaptive_avg_pool2d": ([(8, 16, 33, 33)], lambda x: ops.adaptive_avg_pool2d(x, (5, 7))),
     "add_relu": ([(8, 16, 33, 33), (8, 16, 33, 33)], lambda x, y: ops.add(x, y, activation="relu")),
     "tanh": ([(8, 16, 33, 33)], ops.tanh),
+    "batch_norm_relu": (
+        [(8, 16, 33, 33), (16,), (16,)],
+        lambda x, w, b: ops.batch_norm(x, None, None, w, b, training=True, activation="relu"),
+    ),
+    "batch_norm_channels_last": (
+        [(8, 16, 33, 33, "cl"), (16,), (16,)],
+        lambda x, w, b: ops.batch_norm(x, None, None, w, b, training=True),
+    ),
 }
 
 
