@@ -51,7 +51,9 @@ TORCH_LIBRARY(fastcnn, m) {
   FASTCNN_ACTIVATIONS(FASTCNN_DEFINE_ACTIVATION_OP)
 #undef FASTCNN_DEFINE_ACTIVATION_OP
   m.def("add(Tensor input, Tensor other, int activation) -> Tensor");
-  m.def("activation_backward(Tensor grad_output, Tensor output, int activation) -> Tensor");
+  // `saved` is what the activation's derivative is written in: its output for relu, sigmoid, tanh and
+  // relu6, its input for silu, hardswish, hardsigmoid and gelu (kGradFromOutput in common/activation.h).
+  m.def("activation_backward(Tensor grad_output, Tensor saved, int activation) -> Tensor");
   // batch_norm returns (output, mean, var): the batch's statistics (var biased) when training, else copies
   // of the running ones, in float32 (float64 for float64 input); the running statistics are updated by
   // batch_norm_update_running_stats, separately, so that batch_norm stays functional and differentiable.

@@ -105,6 +105,8 @@ class ConvertReport:
 
     converted: list[ConvertedLayer] = field(default_factory=list)
     skipped: list[SkippedLayer] = field(default_factory=list)
+    #: With ``fuse_activations``: (batch-norm layer, activation layer now an ``nn.Identity``) name pairs.
+    fused_activations: list[tuple[str, str]] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Converted layers per fastcnn class name, e.g. ``{"Conv2d": 20, "Linear": 1}``."""
@@ -116,6 +118,8 @@ class ConvertReport:
     def summary(self) -> str:
         """One line per skipped layer kind, after a count of converted layers; for logs and printing."""
         lines = [f"fastcnn.convert: {len(self.converted)} layers converted {self.counts()}"]
+        if self.fused_activations:
+            lines.append(f"  {len(self.fused_activations)} activations fused into the batch norm before them")
         grouped: dict[tuple[str, str], list[str]] = {}
         for layer in self.skipped:
             grouped.setdefault((layer.kind, layer.reason), []).append(layer.name)
@@ -166,6 +170,8 @@ def _skip_reason_for_other(module: nn.Module) -> str | None:
     """Reason a leaf layer with no fastcnn counterpart stays on torch (None: not worth reporting)."""
     if isinstance(module, _PASSIVE):
         return None
+    if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return None  # an empty container (ShuffleNet's stride-1 branch1) computes nothing
     if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
         return "not initialised yet (lazy module): run a forward pass before converting"
     for kinds, reason in _SKIP_REASONS:
@@ -180,7 +186,33 @@ def _skip_reason_for_other(module: nn.Module) -> str | None:
     return "no fastcnn kernel for this layer"
 
 
-def convert(model: nn.Module, *, inplace: bool = False, strict: bool = False) -> nn.Module:
+def _fuse_batchnorm_activations(model: nn.Module, report: ConvertReport) -> None:
+    """In ``nn.Sequential`` containers (whose forward calls each child in turn), a fastcnn batch norm
+    followed by an activation module takes the activation into its pass; the activation's slot becomes
+    an ``nn.Identity``. A batch norm used in more than one place is left alone."""
+    uses: dict[int, int] = {}
+    for m in model.modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
+    for prefix, container in model.named_modules():
+        if not isinstance(container, nn.Sequential) or type(container).forward is not nn.Sequential.forward:
+            continue
+        names = list(container._modules)
+        for first, second in zip(names, names[1:], strict=False):
+            bn, act = container._modules[first], container._modules[second]
+            if type(bn) not in (fnn.BatchNorm2d, fnn.BatchNorm1d) or bn.activation is not None:
+                continue
+            activation = fnn.activation_of(act)
+            if activation is None or uses[id(bn)] != 1:
+                continue
+            bn.activation = activation
+            container._modules[second] = nn.Identity()
+            qual = f"{prefix}." if prefix else ""
+            report.fused_activations.append((qual + first, qual + second))
+
+
+def convert(
+    model: nn.Module, *, inplace: bool = False, strict: bool = False, fuse_activations: bool = False
+) -> nn.Module:
     """Swaps the torch layers of ``model`` that fastcnn serves for :mod:`fastcnn.nn` layers.
 
     Converted: ``Conv2d`` (every padding mode, groups, dilation, "same"/"valid"), ``Linear``,
@@ -199,6 +231,10 @@ def convert(model: nn.Module, *, inplace: bool = False, strict: bool = False) ->
         inplace: when True, ``model`` itself is changed and keeps the very same ``Parameter`` objects;
             when False (default), a deep copy is converted and ``model`` is untouched.
         strict: raise ``ValueError`` listing the skipped layers instead of leaving them on torch.
+        fuse_activations: also fuse each activation module that follows a batch norm in an
+            ``nn.Sequential`` (torchvision's ``Conv2dNormActivation``) into the batch norm's pass, for
+            training and inference alike; the activation's slot becomes ``nn.Identity`` (forward hooks on
+            it no longer run). Listed in the report's ``fused_activations``.
 
     Returns:
         The converted model (``model`` itself when ``inplace``). Its :class:`ConvertReport` is attached
@@ -246,6 +282,8 @@ def convert(model: nn.Module, *, inplace: bool = False, strict: bool = False) ->
         reason = _skip_reason_for_other(module)
         if reason is not None:
             report.skipped.append(SkippedLayer(name, cls.__name__, reason))
+    if fuse_activations:
+        _fuse_batchnorm_activations(model, report)
     if strict and report.skipped:
         raise ValueError("fastcnn.convert(strict=True) could not convert every layer:\n" + report.summary())
     _log_report(report)

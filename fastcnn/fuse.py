@@ -35,14 +35,12 @@ __all__ = ["FuseReport", "FusedBasicBlock", "FusedBottleneck", "fold_batchnorm",
 
 logger = logging.getLogger(__name__)
 
+
 # What fuse recognises as an activation, by the name the fused layers take: the torch.nn and fastcnn.nn
 # modules, the torch / torch.nn.functional / fastcnn.ops functions and the Tensor methods of each.
-_ACTIVATION_MODULES: dict[type[nn.Module], str] = {
-    cls: name
-    for name, act in ops.ACTIVATIONS.items()
-    for cls in (act.module, fnn.ACTIVATION_MODULES.get(name))
-    if cls is not None
-}
+_module_activation = fnn.activation_of
+
+
 _ACTIVATION_FUNCTIONS: dict[object, str] = {
     fn: name for name, act in ops.ACTIVATIONS.items() for fn in (*act.functions, getattr(ops, name))
 }
@@ -172,7 +170,7 @@ class _FxFuser:
     def activation_of(self, node: fx.Node) -> str | None:
         """The activation a node applies to its first argument, or None when it is not one."""
         if node.op == "call_module":
-            return _ACTIVATION_MODULES.get(type(self.modules[node.target]))
+            return _module_activation(self.modules[node.target])
         if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
             extra = {k: v for k, v in node.kwargs.items() if k != "inplace"}
             return _ACTIVATION_FUNCTIONS[node.target] if not extra and len(node.args) <= 2 else None
@@ -378,7 +376,7 @@ def _fuse_modules(module: nn.Module, prefix: str, report: FuseReport) -> None:
             i += 1
         elif _foldable(layer, after, report):
             act_module = module._modules[names[i + 2]] if i + 2 < len(names) else None
-            activation = _ACTIVATION_MODULES.get(type(act_module))
+            activation = _module_activation(act_module)
             _fold_with_activation(layer, after, activation, report, qual)
             module._modules[names[i + 1]] = nn.Identity()
             if activation is not None:
@@ -387,9 +385,9 @@ def _fuse_modules(module: nn.Module, prefix: str, report: FuseReport) -> None:
         elif (
             type(layer) in (fnn.Conv2d, fnn.Linear)
             and layer.activation is None
-            and type(after) in _ACTIVATION_MODULES
+            and _module_activation(after) is not None
         ):
-            layer.activation = _ACTIVATION_MODULES[type(after)]
+            layer.activation = _module_activation(after)
             report._touched.add(id(layer))
             report.fused_activation.append(qual)
             module._modules[names[i + 1]] = nn.Identity()

@@ -26,6 +26,7 @@ __all__ = [
     "Linear",
     "MaxPool2d",
     "ResidualAdd",
+    "activation_of",
     # and the module of each activation, generated from fastcnn.ops.ACTIVATIONS: ReLU, Sigmoid, ReLU6, ...
 ]
 
@@ -202,13 +203,38 @@ def _activation_module(act: ops.Activation) -> type[nn.Module]:
     return type(name, (act.module,), {"__doc__": doc, "__module__": __name__, "forward": forward})
 
 
+class GELU(nn.GELU):
+    """:class:`torch.nn.GELU` on fastcnn kernels: ``approximate="none"`` runs the ``gelu`` kernel,
+    ``"tanh"`` the ``gelu_tanh`` one."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return ops.gelu(input, approximate=self.approximate)
+
+
+# torch.nn classes that stand for several registry rows (told apart by an attribute) get a written class.
+_SHARED_MODULES: dict[type[nn.Module], type[nn.Module]] = {nn.GELU: GELU}
+
 #: The fastcnn.nn module of each activation in :data:`fastcnn.ops.ACTIVATIONS`, by activation name
-#: (``ACTIVATION_MODULES["relu"] is fastcnn.nn.ReLU``); each is also this module's attribute.
+#: (``ACTIVATION_MODULES["relu"] is fastcnn.nn.ReLU``; "gelu" and "gelu_tanh" share ``GELU``); each is
+#: also this module's attribute.
 ACTIVATION_MODULES: Mapping[str, type[nn.Module]] = MappingProxyType(
-    {act.name: _activation_module(act) for act in ops.ACTIVATIONS.values() if act.module is not None}
+    {
+        act.name: _SHARED_MODULES.get(act.module) or _activation_module(act)
+        for act in ops.ACTIVATIONS.values()
+        if act.module is not None
+    }
 )
 globals().update({cls.__name__: cls for cls in ACTIVATION_MODULES.values()})
-__all__ += [cls.__name__ for cls in ACTIVATION_MODULES.values()]
+__all__ += sorted({cls.__name__ for cls in ACTIVATION_MODULES.values()})
+
+
+def activation_of(module: nn.Module | None) -> str | None:
+    """The name in :data:`fastcnn.ops.ACTIVATIONS` of the activation a torch.nn or fastcnn.nn activation
+    module applies (``nn.GELU(approximate="tanh")`` -> "gelu_tanh"), or None for any other module."""
+    for name, act in ops.ACTIVATIONS.items():
+        if act.module is not None and act.matches_module(module, ACTIVATION_MODULES.get(name)):
+            return name
+    return None
 
 
 class Flatten(nn.Flatten):

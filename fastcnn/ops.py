@@ -4,9 +4,13 @@ Signatures mirror ``torch.nn.functional``. Each op runs fastcnn's own CPU or CUD
 through fastcnn's backward kernels (registered with ``torch.library.register_autograd``) and has a fake
 (shape-only) kernel, so models built from these ops run under ``torch.compile(fullgraph=True)``.
 
-The conv and linear ops take a fused epilogue: ``activation`` (a name in :data:`ACTIVATIONS`: "relu",
-"sigmoid", "tanh", "relu6", or None) and, for conv2d, a ``residual`` tensor added before the activation, all
-applied in the pass that writes the output.
+The conv, linear, batch-norm and add ops take a fused epilogue: ``activation`` (a name in
+:data:`ACTIVATIONS`: "relu", "sigmoid", "tanh", "relu6", "silu", "hardswish", "hardsigmoid", "gelu",
+"gelu_tanh", or None) and, for conv2d, a ``residual`` tensor added before the activation, all applied in
+the pass that writes the output. The activations differentiated through their input (silu, hardswish,
+hardsigmoid, gelu, gelu_tanh) need the pre-activation for backward, which a fused pass does not keep:
+when autograd will differentiate the call, the op runs as the layer without activation followed by the
+activation's own op; without autograd (inference, ``torch.no_grad()``) it is one fused pass.
 
 Activations are one registry, :data:`ACTIVATIONS`: each row names an activation, its kernel code and
 its PyTorch counterparts. The elementwise op of each (``relu``, ``sigmoid``, ``tanh``, ...), its fake kernel
@@ -59,8 +63,9 @@ _aten = torch.ops.aten
 class Activation:
     """One activation fastcnn's kernels apply, and its PyTorch counterparts.
 
-    The kernels differentiate every activation from its output alone (``fastcnn::activation_backward``
-    takes the forward's output, never its input), so ``derivative`` is written in terms of the output.
+    ``fastcnn::activation_backward`` differentiates through one saved tensor: the forward's output where
+    the derivative can be written in it (``grad_from_output``: relu, sigmoid, tanh, relu6), else the
+    forward's input; ``derivative`` and ``reference_backward`` take that same tensor.
     """
 
     #: The name the fused ops' ``activation=`` takes, and of its elementwise op ``fastcnn::<name>``.
@@ -71,9 +76,9 @@ class Activation:
     doc: str
     #: PyTorch's op: the reference fastcnn's results are compared with.
     reference: Callable[[Tensor], Tensor]
-    #: d act / d x as a function of the output y, in the form the kernels compute it.
+    #: d act / d x as a function of the saved tensor (output or input), in the form the kernels compute it.
     derivative: Callable[[Tensor], Tensor]
-    #: PyTorch's backward op, ``(grad_output, output) -> grad_input``, as autograd runs it.
+    #: PyTorch's backward op, ``(grad_output, saved) -> grad_input``, as autograd runs it.
     reference_backward: Callable[[Tensor, Tensor], Tensor]
     #: The ``torch.nn`` class: :func:`fastcnn.convert` replaces it with the fastcnn.nn subclass.
     module: type[nn.Module] | None = None
@@ -83,10 +88,26 @@ class Activation:
     methods: tuple[str, ...] = ()
     #: Whether torch.nn.functional's op (and the torch.nn module) takes ``inplace``.
     inplace_arg: bool = False
+    #: Whether the derivative is written in the output (else in the input): which tensor backward saves.
+    grad_from_output: bool = True
+    #: Attributes a ``module`` instance must have to be this activation (nn.GELU's ``approximate``).
+    module_attrs: tuple[tuple[str, object], ...] = ()
+
+    def matches_module(self, module: nn.Module, fastcnn_class: type[nn.Module] | None = None) -> bool:
+        """Whether ``module`` (an instance of ``module`` or of its fastcnn.nn class) is this activation."""
+        return type(module) in (self.module, fastcnn_class) and all(
+            getattr(module, k, None) == v for k, v in self.module_attrs
+        )
 
 
 def _identity(t: Tensor) -> Tensor:
     return t
+
+
+def _gelu_tanh_derivative(x: Tensor) -> Tensor:
+    beta, kappa = (2 / torch.pi) ** 0.5, 0.044715
+    t = torch.tanh(beta * (x + kappa * x**3))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * beta * (1 + 3 * kappa * x * x)
 
 
 #: No activation: the code and identity the fused ops use for ``activation=None`` (or "none").
@@ -154,6 +175,75 @@ ACTIVATIONS: Mapping[str, Activation] = MappingProxyType(
                 functions=(F.relu6,),
                 inplace_arg=True,
             ),
+            Activation(
+                name="silu",
+                code=5,
+                doc="SiLU (swish), ``x * sigmoid(x)`` (EfficientNet's activation).",
+                reference=F.silu,
+                derivative=lambda x: torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x))),
+                reference_backward=_aten.silu_backward,
+                module=nn.SiLU,
+                functions=(F.silu,),
+                inplace_arg=True,
+                grad_from_output=False,
+            ),
+            Activation(
+                name="hardswish",
+                code=6,
+                doc="Hardswish, ``x * relu6(x + 3) / 6`` (MobileNetV3's activation).",
+                reference=F.hardswish,
+                # PyTorch's derivative at the kinks: 0 at x = -3, 1 at x = 3.
+                derivative=lambda x: torch.where(
+                    x <= -3, torch.zeros_like(x), torch.where(x < 3, x / 3 + 0.5, torch.ones_like(x))
+                ),
+                reference_backward=_aten.hardswish_backward,
+                module=nn.Hardswish,
+                functions=(F.hardswish,),
+                inplace_arg=True,
+                grad_from_output=False,
+            ),
+            Activation(
+                name="hardsigmoid",
+                code=7,
+                doc="Hardsigmoid, ``relu6(x + 3) / 6``.",
+                reference=F.hardsigmoid,
+                # PyTorch's hardsigmoid_backward multiplies by the float32 1/6 in every dtype; so do we.
+                derivative=lambda x: (
+                    ((x > -3) & (x < 3)).to(x.dtype) * torch.tensor(1 / 6, dtype=torch.float32).item()
+                ),
+                reference_backward=_aten.hardsigmoid_backward,
+                module=nn.Hardsigmoid,
+                functions=(F.hardsigmoid,),
+                inplace_arg=True,
+                grad_from_output=False,
+            ),
+            Activation(
+                name="gelu",
+                code=8,
+                doc="GELU, ``x * Phi(x)`` with the exact normal CDF (``approximate='none'``).",
+                reference=F.gelu,
+                derivative=lambda x: (
+                    0.5 * (1 + torch.erf(x / 2**0.5)) + x * torch.exp(-0.5 * x * x) / (2 * torch.pi) ** 0.5
+                ),
+                reference_backward=lambda grad_output, input: _aten.gelu_backward(grad_output, input),
+                module=nn.GELU,
+                functions=(F.gelu,),
+                grad_from_output=False,
+                module_attrs=(("approximate", "none"),),
+            ),
+            Activation(
+                name="gelu_tanh",
+                code=9,
+                doc="GELU with the tanh approximation (``approximate='tanh'``).",
+                reference=lambda x: F.gelu(x, approximate="tanh"),
+                derivative=_gelu_tanh_derivative,
+                reference_backward=lambda grad_output, input: _aten.gelu_backward(
+                    grad_output, input, approximate="tanh"
+                ),
+                module=nn.GELU,
+                grad_from_output=False,
+                module_attrs=(("approximate", "tanh"),),
+            ),
         )
     }
 )
@@ -176,6 +266,20 @@ def resolve_activation(name: str | None) -> Activation:
 def activation_code(activation: str | None) -> int:
     """The kernel code of an activation name; raises ValueError naming the accepted names."""
     return resolve_activation(activation).code
+
+
+def _separate_activation(act: Activation, *operands: Tensor | None) -> bool:
+    """Whether a fused op must run its activation as a separate op: the activation is differentiated
+    through its input, which a fused pass does not keep, and autograd will differentiate this call."""
+    return (
+        not act.grad_from_output
+        and torch.is_grad_enabled()
+        and any(isinstance(t, Tensor) and t.requires_grad for t in operands)
+    )
+
+
+def _apply_activation(act: Activation, out: Tensor) -> Tensor:
+    return getattr(_ops, act.name)(out)
 
 
 def _pair(value: IntPair, name: str) -> list[int]:
@@ -283,13 +387,17 @@ def conv2d(
     """
     batched = _batched(input)
     _check_tensor(weight, "weight")
-    code = activation_code(activation)
+    act = resolve_activation(activation)
     stride_, dilation_ = _pair(stride, "stride"), _pair(dilation, "dilation")
     if not batched:
         input = input.unsqueeze(0)
         residual = residual.unsqueeze(0) if residual is not None and residual.dim() == 3 else residual
     input, padding_ = _resolve_padding(input, weight, padding, stride_, dilation_)
-    out = _ops.conv2d(input, weight, bias, stride_, padding_, dilation_, groups, code, residual)
+    if _separate_activation(act, input, weight, bias, residual):
+        out = _ops.conv2d(input, weight, bias, stride_, padding_, dilation_, groups, 0, residual)
+        out = _apply_activation(act, out)
+    else:
+        out = _ops.conv2d(input, weight, bias, stride_, padding_, dilation_, groups, act.code, residual)
     return out if batched else out.squeeze(0)
 
 
@@ -369,7 +477,10 @@ def linear(
     """
     _check_tensor(input, "input")
     _check_tensor(weight, "weight")
-    return _ops.linear(input, weight, bias, activation_code(activation))
+    act = resolve_activation(activation)
+    if _separate_activation(act, input, weight, bias):
+        return _apply_activation(act, _ops.linear(input, weight, bias, 0))
+    return _ops.linear(input, weight, bias, act.code)
 
 
 @torch.library.register_fake("fastcnn::linear")
@@ -609,16 +720,18 @@ def batch_norm(
     every argument has been checked.
     """
     _check_tensor(input, "input")
-    code = activation_code(activation)
+    act = resolve_activation(activation)
     if momentum is None or not 0.0 <= float(momentum) <= 1.0:
         raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}")
+    separate = _separate_activation(act, input, weight, bias)
+    code = 0 if separate else act.code
     output, mean, var = _ops.batch_norm(input, weight, bias, running_mean, running_var, training, eps, code)
     if training and running_mean is not None and running_var is not None:
         with torch.no_grad():
             _ops.batch_norm_update_running_stats(
                 running_mean, running_var, mean, var, float(momentum), input.numel() // input.shape[1]
             )
-    return output
+    return _apply_activation(act, output) if separate else output
 
 
 @torch.library.register_fake("fastcnn::batch_norm")
@@ -731,6 +844,17 @@ for _act in ACTIVATIONS.values():
 __all__ += list(ACTIVATIONS)
 
 
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:  # noqa: F811 - replaces the generated op
+    """GELU, as :func:`torch.nn.functional.gelu`: ``approximate="none"`` (the exact normal CDF, the
+    ``gelu`` kernel) or ``"tanh"`` (the ``gelu_tanh`` kernel)."""
+    _check_tensor(input, "input")
+    if approximate == "none":
+        return _ops.gelu(input)
+    if approximate == "tanh":
+        return _ops.gelu_tanh(input)
+    raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
 def add(input: Tensor, other: Tensor, *, activation: str | None = None) -> Tensor:
     """The residual add fused with its activation: ``act(input + other)`` (same shapes, no broadcasting)."""
     _check_tensor(input, "input")
@@ -739,7 +863,10 @@ def add(input: Tensor, other: Tensor, *, activation: str | None = None) -> Tenso
         raise ValueError(
             f"add needs other to have input's shape {tuple(input.shape)}, got {tuple(other.shape)}"
         )
-    return _ops.add(input, other, activation_code(activation))
+    act = resolve_activation(activation)
+    if _separate_activation(act, input, other):
+        return _apply_activation(act, _ops.add(input, other, 0))
+    return _ops.add(input, other, act.code)
 
 
 def _elementwise_fake(input):
@@ -753,19 +880,23 @@ def _add_fake(input, other, activation):
 
 
 @torch.library.register_fake("fastcnn::activation_backward")
-def _activation_backward_fake(grad_output, output, activation):
-    _check_devices(output, "output", grad_output=grad_output)
-    return _empty_like_format(output, output.shape)
+def _activation_backward_fake(grad_output, saved, activation):
+    _check_devices(saved, "saved", grad_output=grad_output)
+    return _empty_like_format(saved, saved.shape)
 
 
 def _save_output(ctx, inputs, output):
     ctx.save_for_backward(output)
 
 
+def _save_input(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
 def _activation_autograd(code: int):
     def backward(ctx, grad_output):
-        (output,) = ctx.saved_tensors
-        return _ops.activation_backward(grad_output, output, code)
+        (saved,) = ctx.saved_tensors
+        return _ops.activation_backward(grad_output, saved, code)
 
     return backward
 
@@ -773,7 +904,9 @@ def _activation_autograd(code: int):
 for _act in ACTIVATIONS.values():
     torch.library.register_fake(f"fastcnn::{_act.name}", _elementwise_fake)
     torch.library.register_autograd(
-        f"fastcnn::{_act.name}", _activation_autograd(_act.code), setup_context=_save_output
+        f"fastcnn::{_act.name}",
+        _activation_autograd(_act.code),
+        setup_context=_save_output if _act.grad_from_output else _save_input,
     )
 del _act
 

@@ -234,8 +234,23 @@ def assert_close(out, ref, dtype=None, rtol=None, name="output"):
         assert err <= rtol, f"{name}: relative error {err:.3e} > {rtol:.1e}"
 
 
-#: d act / d x as a function of the output y, as the kernels apply it.
+#: d act / d x as a function of the saved tensor (the output y, or the input x where GRAD_FROM_OUTPUT is
+#: False), as the kernels apply it.
 ACT_PRIME = {name: ops.resolve_activation(name).derivative for name in ACTIVATIONS}
+GRAD_FROM_OUTPUT = {name: ops.resolve_activation(name).grad_from_output for name in ACTIVATIONS}
+#: The activations a fused op's backward kernel differentiates itself (from the forward output); the
+#: others run as a separate op under autograd and are refused by the fused backward ops.
+FUSED_BACKWARD_ACTIVATIONS = [name for name in ACTIVATIONS if GRAD_FROM_OUTPUT[name]]
+INPUT_GRAD_ACTIVATIONS = [name for name in ACTIVATIONS if not GRAD_FROM_OUTPUT[name]]
+
+
+def kernel_act_prime(activation, out, pre_activation):
+    """act' as fastcnn's backward applies it: at its own output, or at its own pre-activation (computed
+    by `pre_activation()`, the same op without activation) for the activations differentiated through
+    their input."""
+    if GRAD_FROM_OUTPUT[activation]:
+        return ACT_PRIME[activation](out.detach().double())
+    return ACT_PRIME[activation](pre_activation().detach().double())
 
 
 def assert_componentwise(out, ref, magnitude, tol, name):

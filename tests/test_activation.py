@@ -11,12 +11,14 @@ from conftest import (
     CODE,
     CUDA,
     DEVICES,
+    GRAD_FROM_OUTPUT,
     INVALID_ACTIVATION_CODE,
     TOL,
     TORCH_ACT,
     assert_close,
     assert_grads_close,
     assert_memory_format,
+    kernel_act_prime,
     make_tensor,
     reference_copy,
 )
@@ -112,7 +114,8 @@ def test_activation_backward_op(activation, device):
     y = TORCH_ACT[activation](xr)
     g = make_tensor(y.shape, device=device, noncontiguous=True)
     y.backward(g)
-    got = torch.ops.fastcnn.activation_backward(g, y.detach(), code)
+    saved = y.detach() if GRAD_FROM_OUTPUT[activation] else x
+    got = torch.ops.fastcnn.activation_backward(g, saved, code)
     assert_close(got, xr.grad, name="grad_input")
     assert_memory_format(got, x)
 
@@ -160,9 +163,14 @@ def test_fp32_sigmoid_tanh_accuracy_over_the_whole_range(name, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name,kinks", [("relu", [0.0]), ("relu6", [0.0, 6.0])], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "name,kinks",
+    [("relu", [0.0]), ("relu6", [0.0, 6.0]), ("hardswish", [-3.0, 3.0]), ("hardsigmoid", [-3.0, 3.0])],
+    ids=lambda v: str(v),
+)
 def test_gradient_at_the_kinks_matches_torch(name, kinks, device):
-    """At and around each kink the gradient is PyTorch's exactly (0 at the kink itself)."""
+    """At and around each kink the gradient is PyTorch's exactly (relu/relu6: 0 at the kink itself;
+    hardswish: 0 at -3 and 1 at 3; hardsigmoid: 0 at both)."""
     points = [k + d for k in kinks for d in (-1e-3, 0.0, 1e-3)]
     x = torch.tensor(points, dtype=torch.float64, device=device, requires_grad=True)
     ours, theirs = UNARY[name]
@@ -289,9 +297,15 @@ def test_elementwise_cuda_dtypes(dtype, activation):
     assert_close(out, ref, dtype, rtol=TOL[dtype])
     grad = torch.randn_like(ref)
     out.backward(grad.to(dtype))
-    ref.backward(grad)
-    assert_close(x.grad, xr.grad, dtype)
-    assert_close(y.grad, yr.grad, dtype)
+    if activation is None:
+        ref.backward(grad)
+    else:
+        # act' at fastcnn's own rounded output or pre-activation, where its backward takes it: a sum
+        # rounded onto a kink (hardsigmoid's 3) would otherwise change the gradient by a whole term.
+        act_prime = kernel_act_prime(activation, out, lambda: ops.add(x.detach(), y.detach()))
+        ((xr + yr) * act_prime).backward(grad)
+    assert_close(x.grad, xr.grad, dtype, name="grad of input")
+    assert_close(y.grad, yr.grad, dtype, name="grad of other")
     if activation is not None:
         ours, theirs = UNARY[activation]
         a = make_tensor((3, 1000), dtype, CUDA)

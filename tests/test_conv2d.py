@@ -9,18 +9,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import (
-    ACT_PRIME,
     ACTIVATIONS,
     CODE,
     CUDA,
     DEVICES,
     EMULATED,
+    FUSED_BACKWARD_ACTIVATIONS,
+    INPUT_GRAD_ACTIVATIONS,
+    INVALID_ACTIVATION_CODE,
     TOL,
     TORCH_ACT,
     assert_close,
     assert_componentwise,
     assert_grads_close,
     assert_memory_format,
+    kernel_act_prime,
     make_tensor,
     reference_copy,
     relative_error,
@@ -288,7 +291,7 @@ def test_conv2d_partial_requires_grad(device):
         (False, True, True),
     ],
 )
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", FUSED_BACKWARD_ACTIVATIONS)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 def test_conv2d_backward_op(mask, activation, channels_last, device):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -584,10 +587,14 @@ BAD_CONV = [
     ("bias-shape", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), _t(3)), r"bias"),
     (
         "activation-unknown",
-        lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), activation="gelu"),
+        lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), activation="elu"),
         r"activation",
     ),
-    ("activation-code-direct", lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), act=7), r"activation"),
+    (
+        "activation-code-direct",
+        lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), act=INVALID_ACTIVATION_CODE),
+        r"activation",
+    ),
     (
         "activation-code-negative-direct",
         lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), act=-1),
@@ -715,7 +722,12 @@ def _assert_matches_reference(case, out, ref, grad, leaves, ref_leaves, tol, tf3
         y = F.conv2d(xv, wv, bv, case.stride, case.padding, case.dilation, case.groups)
         return y if rv is None else y + rv
 
-    act_prime = ACT_PRIME[case.activation](out.detach().double())
+    x, w, b, r = (t.detach() if t is not None else None for t in leaves)
+    act_prime = kernel_act_prime(
+        case.activation,
+        out,
+        lambda: ops.conv2d(x, w, b, case.stride, case.padding, case.dilation, case.groups, residual=r),
+    )
     with torch.no_grad():
         magnitude = pre_activation(*(t.detach().abs() if t is not None else None for t in ref_leaves))
     assert_componentwise(out.detach(), ref.detach(), magnitude, tol, "output")
@@ -843,3 +855,32 @@ def test_conv2d_cuda_dtype_layout_epilogue_matrix(algorithm, dtype, layout, epil
     torch.backends.cudnn.allow_tf32 = dtype == "tf32"
     tol = 1e-3 if dtype == "tf32" else TOL[torch_dtype]
     _run_cuda_case(case, torch_dtype, tol, tf32=dtype == "tf32")
+
+
+@pytest.mark.parametrize("activation", INPUT_GRAD_ACTIVATIONS)
+def test_fused_backward_refuses_activations_differentiated_through_their_input(activation):
+    """conv2d_backward reads act' from the forward output; silu/gelu/... need the pre-activation, so the
+    op refuses them (fastcnn.ops runs such an epilogue as conv + the activation's own op under
+    autograd, which the model tests check)."""
+    x, w = torch.randn(1, 2, 4, 4), torch.randn(3, 2, 3, 3)
+    y = ops.conv2d(x, w, activation=activation)
+    with pytest.raises(RuntimeError, match="cannot differentiate a fused"):
+        torch.ops.fastcnn.conv2d_backward(y, x, w, y, [1, 1], [0, 0], [1, 1], 1, CODE[activation], [True] * 3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", INPUT_GRAD_ACTIVATIONS)
+def test_epilogue_is_fused_without_autograd_and_split_with_it(activation, device):
+    """Without autograd the activation runs in the conv's epilogue; with it, as conv + the activation's
+    own op (which keeps the pre-activation for backward). Both give PyTorch's result."""
+    x = make_tensor((2, 3, 6, 6), device=device)
+    w = make_tensor((4, 3, 3, 3), device=device)
+    r = make_tensor((2, 4, 6, 6), device=device)
+    ref = TORCH_ACT[activation](F.conv2d(x, w, padding=1) + r)
+    with torch.no_grad():
+        fused = ops.conv2d(x, w, padding=1, activation=activation, residual=r)
+    wg = w.clone().requires_grad_()
+    split = ops.conv2d(x, wg, padding=1, activation=activation, residual=r)
+    assert split.grad_fn is not None
+    assert_close(fused, ref)
+    assert_close(split.detach(), ref)

@@ -376,3 +376,25 @@ def test_converted_train_step_matches_on_cuda():
     fast, ref = _run(converted, x, True), _run(original, x, True)
     assert _err(fast[0][0], ref[0][0]) < 1e-4
     assert _err(fast[1], ref[1]) < 1e-3
+
+
+def test_fuse_activations_moves_activations_into_batch_norm():
+    torch.manual_seed(0)
+    original = _no_dropout(tv.mobilenet_v3_small(weights=None)).double()
+    converted = fastcnn.convert(original, fuse_activations=True)
+    report = converted.fastcnn_convert_report
+    assert report.fused_activations, "Conv2dNormActivation blocks end in BatchNorm2d + activation"
+    for bn_name, act_name in report.fused_activations:
+        assert converted.get_submodule(bn_name).activation is not None
+        assert type(converted.get_submodule(act_name)) is nn.Identity
+    assert "activations fused" in report.summary()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    for train in (True, False):
+        fast, ref = _run(converted, x, train), _run(original, x, train)
+        for a, r in zip(fast[0] + [fast[1]], ref[0] + [ref[1]], strict=True):
+            assert _err(a, r) < 1e-9
+        assert set(fast[2]) == set(ref[2])
+        # Gradients zero in exact arithmetic (a bias feeding a train-mode BatchNorm) on the largest's scale.
+        floor = 1e-3 * max(g.norm().item() for g in ref[2].values())
+        for name in ref[2]:
+            assert _err(fast[2][name], ref[2][name], floor) < 1e-9, name

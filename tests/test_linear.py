@@ -6,17 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import (
-    ACT_PRIME,
     ACTIVATIONS,
     CODE,
     CUDA,
     DEVICES,
+    FUSED_BACKWARD_ACTIVATIONS,
+    INPUT_GRAD_ACTIVATIONS,
     INVALID_ACTIVATION_CODE,
     TOL,
     TORCH_ACT,
     assert_close,
     assert_componentwise,
     assert_grads_close,
+    kernel_act_prime,
     make_tensor,
     reference_copy,
     relative_error,
@@ -86,7 +88,7 @@ def test_linear_every_activation(activation, device):
 @pytest.mark.parametrize(
     "mask", [(True, True, True), (True, False, False), (False, True, False), (False, False, True)]
 )
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", FUSED_BACKWARD_ACTIVATIONS)
 def test_linear_backward_op(mask, activation, device):
     x = make_tensor((2, 3, 6), device=device)
     w = make_tensor((5, 6), device=device)
@@ -287,20 +289,31 @@ def test_linear_cuda_precisions(dtype, activation):
     out = ops.linear(x, w, b, activation=activation)
     assert out.dtype == dtype
     xr, wr, br = (reference_copy(t) for t in (x, w, b))
+
+    def kernel_pre_activation():
+        return ops.linear(x.detach(), w.detach(), b.detach())
+
     ref = TORCH_ACT[activation](F.linear(xr, wr, br))
     grad = torch.randn_like(ref)
     out.backward(grad.to(dtype))
     if tol != 1e-3:
         _assert_rel(out, ref, tol, "output")
-        # ReLU's mask from fastcnn's own output (see test_conv2d._reference_at_kernel_kinks).
-        mask = (out.detach() > 0).double() if activation == "relu" else None
-        (F.linear(xr, wr, br) * mask if mask is not None else ref).backward(grad)
+        # act' where fastcnn's backward takes it, at its own rounded output or pre-activation: a value
+        # rounded across a kink (ReLU's 0, hardswish's +-3) changes the gradient by a whole term, which
+        # is not an error of the kernel (see test_conv2d._reference_at_kernel_kinks).
+        if activation is None:
+            ref.backward(grad)
+        else:
+            act_prime = kernel_act_prime(
+                activation, out, lambda: ops.linear(x.detach(), w.detach(), b.detach())
+            )
+            (F.linear(xr, wr, br) * act_prime).backward(grad)
         for name, leaf, ref_leaf in (("input", x, xr), ("weight", w, wr), ("bias", b, br)):
             _assert_rel(leaf.grad, ref_leaf.grad, tol, f"grad of {name}")
         return
     # TF32: componentwise bounds against the same sums over |terms| (see test_conv2d's TF32 test), the
     # gradient taken through act'(y) at fastcnn's own output, as the kernel does.
-    act_prime = ACT_PRIME[activation](out.detach().double())
+    act_prime = kernel_act_prime(activation, out, kernel_pre_activation)
     with torch.no_grad():
         magnitude = F.linear(xr.abs(), wr.abs(), br.abs())
     assert_componentwise(out.detach(), ref.detach(), magnitude, tol, "output")
@@ -332,3 +345,11 @@ def test_linear_cuda_device_mismatch():
         ops.linear(_t(2, 3, device="cuda"), _t(4, 3))
     with pytest.raises((ValueError, RuntimeError), match="bias"):
         ops.linear(_t(2, 3, device="cuda"), _t(4, 3, device="cuda"), _t(4))
+
+
+@pytest.mark.parametrize("activation", INPUT_GRAD_ACTIVATIONS)
+def test_fused_backward_refuses_activations_differentiated_through_their_input(activation):
+    x, w = torch.randn(3, 4), torch.randn(5, 4)
+    y = ops.linear(x, w, activation=activation)
+    with pytest.raises(RuntimeError, match="cannot differentiate a fused"):
+        torch.ops.fastcnn.linear_backward(y, x, w, y, CODE[activation], [True] * 3)

@@ -227,12 +227,14 @@ inline void check_add(const at::Tensor& input, const at::Tensor& other, bool all
               input.sizes(), ", got ", other.sizes());
 }
 
-inline void check_activation_backward(const at::Tensor& grad_output, const at::Tensor& output,
+// activation_backward's saved tensor is the activation's output or input (common/activation.h).
+inline void check_activation_backward(const at::Tensor& grad_output, const at::Tensor& saved,
                                       bool allow_reduced) {
-  check_floating(output, "output", allow_reduced);
-  check_same_dtype_device(grad_output, output, "grad_output", "output");
-  TORCH_CHECK(grad_output.sizes() == output.sizes(), "fastcnn: grad_output must have output's shape ",
-              output.sizes(), ", got ", grad_output.sizes());
+  check_floating(saved, "saved", allow_reduced);
+  check_same_dtype_device(grad_output, saved, "grad_output", "saved");
+  TORCH_CHECK(grad_output.sizes() == saved.sizes(),
+              "fastcnn: grad_output must have the saved tensor's shape ", saved.sizes(), ", got ",
+              grad_output.sizes());
 }
 
 struct Pool2dShape {

@@ -1,5 +1,5 @@
 // CPU kernels for the standalone activations (one op per row of common/activation.h), the residual add (fused with its activation) and the activation
-// backward. Algorithm: one flat pass over the elements in memory order, split across OpenMP threads by
+// backward (through the saved output or input, common/activation.h). Algorithm: one flat pass over the elements in memory order, split across OpenMP threads by
 // at::parallel_for; each output element is read/written exactly once. Layout: any dense layout; inputs
 // are made dense in the input's memory format (NCHW or channels_last) so `other` and `output` line up
 // element for element. Each loop is instantiated per activation (with_activation) and cloned per
@@ -79,13 +79,13 @@ at::Tensor add_cpu(const at::Tensor& input, const at::Tensor& other, int64_t act
   return y;
 }
 
-at::Tensor activation_backward_cpu(const at::Tensor& grad_output, const at::Tensor& output,
+at::Tensor activation_backward_cpu(const at::Tensor& grad_output, const at::Tensor& saved,
                                    int64_t activation) {
   const Activation act = to_activation(activation);
-  check_activation_backward(grad_output, output, /*allow_reduced=*/false);
-  const auto fmt = elementwise_format(output);
+  check_activation_backward(grad_output, saved, /*allow_reduced=*/false);
+  const auto fmt = elementwise_format(saved);
   const at::Tensor g = dense_in(grad_output, fmt);
-  const at::Tensor y = dense_in(output, fmt);
+  const at::Tensor y = dense_in(saved, fmt);
   at::Tensor gx = at::empty_like(y, fmt);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fastcnn_activation_backward_cpu", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();

@@ -277,6 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
     const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& output, bool training,
     double eps, int64_t activation, std::array<bool, 3> output_mask) {
   const Activation act = to_activation(activation);
+  check_fused_backward(act, "batch_norm_backward");
   const bn::Shape s = bn::input_shape(input, /*allow_reduced=*/false);
   bn::check_batch_norm_backward(grad_output, input, weight, mean, var, output, s, eps,
                                 act != Activation::None);

@@ -105,6 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     const std::optional<at::Tensor>& output, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, int64_t groups, int64_t activation, std::array<bool, 3> output_mask) {
   const Activation act = to_activation(activation);
+  check_fused_backward(act, "conv2d_backward");
   const Conv2dShape s = check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, false);
   const bool has_act = act != Activation::None;
   check_conv2d_backward(grad_output, input, output, s, has_act);

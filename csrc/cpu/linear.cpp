@@ -88,6 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& output, int64_t activation, std::array<bool, 3> output_mask) {
   const Activation act = to_activation(activation);
+  check_fused_backward(act, "linear_backward");
   const LinearShape s = check_linear(input, weight, std::nullopt, /*allow_reduced=*/false);
   const bool has_act = act != Activation::None;
   check_linear_backward(grad_output, input, output, s, has_act);

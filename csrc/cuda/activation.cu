@@ -39,10 +39,10 @@ struct AddActivateOp {
 
 template <typename T, Activation A>
 struct ActivationGradOp {
-  __device__ __forceinline__ T operator()(T grad, T out) const {
+  __device__ __forceinline__ T operator()(T grad, T saved) const {
     using acc_t = at::opmath_type<T>;
     return static_cast<T>(
-        ActivationFunctor<A>::template backward<acc_t>(static_cast<acc_t>(grad), static_cast<acc_t>(out)));
+        ActivationFunctor<A>::template backward<acc_t>(static_cast<acc_t>(grad), static_cast<acc_t>(saved)));
   }
 };
 
@@ -87,15 +87,15 @@ at::Tensor add_cuda(const at::Tensor& input, const at::Tensor& other, int64_t ac
   return y;
 }
 
-at::Tensor activation_backward_cuda(const at::Tensor& grad_output, const at::Tensor& output,
+at::Tensor activation_backward_cuda(const at::Tensor& grad_output, const at::Tensor& saved,
                                     int64_t activation) {
   const Activation act = to_activation(activation);
-  cuda::check_cuda_tensor(output, "output");
-  check_activation_backward(grad_output, output, /*allow_reduced=*/true);
-  const c10::cuda::CUDAGuard guard(output.device());
-  const auto fmt = elementwise_format(output);
+  cuda::check_cuda_tensor(saved, "saved");
+  check_activation_backward(grad_output, saved, /*allow_reduced=*/true);
+  const c10::cuda::CUDAGuard guard(saved.device());
+  const auto fmt = elementwise_format(saved);
   const at::Tensor g = dense_in(grad_output, fmt);
-  const at::Tensor y = dense_in(output, fmt);
+  const at::Tensor y = dense_in(saved, fmt);
   at::Tensor gx = at::empty_like(y, fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, y.scalar_type(), "fastcnn_activation_backward_cuda", [&] {

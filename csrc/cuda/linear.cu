@@ -76,6 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& output, int64_t activation, std::array<bool, 3> output_mask) {
   const Activation act = to_activation(activation);
+  check_fused_backward(act, "linear_backward");
   const LinearShape l = check_linear_cuda(input, weight, std::nullopt);
   check_linear_backward(grad_output, input, output, l, act != Activation::None);
   at::Tensor y;

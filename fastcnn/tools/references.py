@@ -138,7 +138,7 @@ def torch_add_relu(a, b):
 def torch_activation(
     act: ops.Activation,
 ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]:
-    """PyTorch's forward and backward ``(grad_output, output)`` of a registry activation, as Python
+    """PyTorch's forward and backward ``(grad_output, saved)`` of a registry activation, as Python
     functions: torch.compile traces a Python function's code, while a builtin op handed to it directly
     would run uncompiled."""
     reference, reference_backward = act.reference, act.reference_backward
@@ -146,8 +146,8 @@ def torch_activation(
     def forward(x):
         return reference(x)
 
-    def backward(go, y):
-        return reference_backward(go, y)
+    def backward(go, saved):
+        return reference_backward(go, saved)
 
     forward.__name__, backward.__name__ = f"torch_{act.name}", f"torch_{act.name}_backward"
     return forward, backward

@@ -592,12 +592,13 @@ def _activation(size: list[int], ctx: Context, act: ops.Activation) -> Built:
 
 
 def _activation_backward(size: list[int], ctx: Context, act: ops.Activation) -> Built:
-    """activation_backward (the gradient from the output) of an activation, at the same sizes."""
+    """activation_backward of an activation (through its saved output, or input), at the same sizes."""
     eager, eager_backward = ref.torch_activation(act)
-    go, y = ctx.rand((ctx.batch, *size)), eager(ctx.rand((ctx.batch, *size)))
+    go, x = ctx.rand((ctx.batch, *size)), ctx.rand((ctx.batch, *size))
+    saved = eager(x) if act.grad_from_output else x
     code = act.code
-    fast = lambda go, y: _fc.activation_backward(go, y, code)  # noqa: E731
-    return Built(ctx.contenders(fast, eager_backward, (go, y)), bytes=3 * nbytes(go))
+    fast = lambda go, s: _fc.activation_backward(go, s, code)  # noqa: E731
+    return Built(ctx.contenders(fast, eager_backward, (go, saved)), bytes=3 * nbytes(go))
 
 
 # One forward and one backward case per activation of the registry, each size timing them in turn.
