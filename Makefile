@@ -43,7 +43,7 @@ test-cuda-emu: build-emu
 # TSan leaves out the 70,000-channel depthwise case: over 10 minutes under TSan's shadow tracking.
 EMU_SANITIZE_TESTS ?= tests/test_emulator.py tests/test_conv2d.py tests/test_linear.py tests/test_activation.py \
                       tests/test_max_pool2d.py tests/test_avg_pool2d.py tests/test_adaptive_avg_pool2d.py \
-                      tests/test_augment.py tests/test_batch_norm.py
+                      tests/test_augment.py tests/test_batch_norm.py tests/test_layer_norm.py
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize=vptr -fno-sanitize-recover=undefined
 emu-asan: $(VENV)/.editable
 	FASTCNN_CUDA_EMU=1 FASTCNN_EMU_SUFFIX=_asan FASTCNN_EMU_FLAGS="$(ASAN_FLAGS)" $(PY) setup.py -q build_ext --inplace
@@ -85,8 +85,8 @@ lint: $(VENV)/.deps
 # layout, epilogue, forward and backward); `make test-cuda-emu` runs all of tests/ that way.
 EMU_CI_TESTS := tests/test_emulator.py tests/test_conv2d.py tests/test_linear.py tests/test_activation.py \
                 tests/test_max_pool2d.py tests/test_avg_pool2d.py tests/test_adaptive_avg_pool2d.py \
-                tests/test_augment.py tests/test_batch_norm.py tests/test_determinism.py tests/test_fuse.py \
-                tests/test_compile.py
+                tests/test_augment.py tests/test_batch_norm.py tests/test_layer_norm.py tests/test_determinism.py \
+                tests/test_fuse.py tests/test_compile.py
 
 test: build build-emu lint
 	$(PY) -m pytest -q -n 2 tests/

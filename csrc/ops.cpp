@@ -67,5 +67,14 @@ TORCH_LIBRARY(fastcnn, m) {
   m.def(
       "batch_norm_update_running_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, "
       "Tensor var, float momentum, int count) -> ()");
+  // layer_norm normalises input's dims [dim, dim + len(normalized_shape)) and returns (output, mean, rstd),
+  // the statistics one per normalised group (float32, float64 for float64 input).
+  m.def(
+      "layer_norm(Tensor input, int dim, int[] normalized_shape, Tensor? weight, Tensor? bias, float eps) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "layer_norm_backward(Tensor grad_output, Tensor input, int dim, int[] normalized_shape, Tensor? "
+      "weight, "
+      "Tensor mean, Tensor rstd, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   m.def("augment_affine(Tensor input, Tensor theta, Tensor mean, Tensor std, int[2] out_size) -> Tensor");
 }

@@ -38,10 +38,14 @@ _REPLACEMENTS: dict[type[nn.Module], type[nn.Module]] = {
     nn.AdaptiveAvgPool2d: fnn.AdaptiveAvgPool2d,
     nn.BatchNorm2d: fnn.BatchNorm2d,
     nn.BatchNorm1d: fnn.BatchNorm1d,
+    nn.LayerNorm: fnn.LayerNorm,
     # nn.ReLU, nn.Sigmoid, nn.Tanh: the torch.nn class of every activation in the registry.
     **{ops.ACTIVATIONS[name].module: cls for name, cls in fnn.ACTIVATION_MODULES.items()},
     nn.Flatten: fnn.Flatten,
 }
+
+if fnn._TorchvisionLayerNorm2d is not nn.LayerNorm:
+    _REPLACEMENTS[fnn._TorchvisionLayerNorm2d] = fnn.LayerNorm2d
 
 _FASTCNN_CLASSES = frozenset(_REPLACEMENTS.values()) | {fnn.ResidualAdd}
 
@@ -216,8 +220,8 @@ def convert(
     """Swaps the torch layers of ``model`` that fastcnn serves for :mod:`fastcnn.nn` layers.
 
     Converted: ``Conv2d`` (every padding mode, groups, dilation, "same"/"valid"), ``Linear``,
-    ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, ``BatchNorm1d``/``BatchNorm2d``, the activation
-    modules of
+    ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, ``BatchNorm1d``/``BatchNorm2d``, ``LayerNorm`` and
+    torchvision's ConvNeXt ``LayerNorm2d``, the activation modules of
     :data:`fastcnn.ops.ACTIVATIONS` (``ReLU``, ``Sigmoid``, ``Tanh``; in-place ones too: fastcnn writes a
     new tensor, which is a correct substitute wherever the result is used) and ``Flatten``. Matching is
     on the exact class, so a subclass with its own ``forward`` is never replaced.

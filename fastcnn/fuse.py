@@ -125,6 +125,8 @@ _FASTCNN_LEAVES = (
     fnn.AdaptiveAvgPool2d,
     fnn.BatchNorm2d,
     fnn.BatchNorm1d,
+    fnn.LayerNorm,
+    fnn.LayerNorm2d,
     *fnn.ACTIVATION_MODULES.values(),
     fnn.Flatten,
     fnn.ResidualAdd,

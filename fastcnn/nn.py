@@ -23,6 +23,8 @@ __all__ = [
     "BatchNorm2d",
     "Conv2d",
     "Flatten",
+    "LayerNorm",
+    "LayerNorm2d",
     "Linear",
     "MaxPool2d",
     "ResidualAdd",
@@ -183,6 +185,29 @@ class BatchNorm1d(_BatchNormForward, nn.BatchNorm1d):
     def __init__(self, *args, activation: str | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._init_activation(activation)
+
+
+class LayerNorm(nn.LayerNorm):
+    """:class:`torch.nn.LayerNorm` on fastcnn kernels (any ``normalized_shape``, ``elementwise_affine``
+    and ``bias`` as in torch.nn)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return ops.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+try:  # torchvision is optional; its ConvNeXt LayerNorm2d is what fastcnn's subclasses when it is there
+    from torchvision.models.convnext import LayerNorm2d as _TorchvisionLayerNorm2d
+except ImportError:  # pragma: no cover - torchvision is a test dependency
+    _TorchvisionLayerNorm2d = nn.LayerNorm
+
+
+class LayerNorm2d(_TorchvisionLayerNorm2d):
+    """ConvNeXt's channels-first layer norm (``torchvision.models.convnext.LayerNorm2d``: ``[N, C, H, W]``
+    normalised over ``C`` at each pixel) on fastcnn kernels, reading NCHW or channels_last in place
+    instead of permuting to NHWC and back."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return ops.layer_norm2d(input, self.weight, self.bias, self.eps)
 
 
 def _activation_module(act: ops.Activation) -> type[nn.Module]:

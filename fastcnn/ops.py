@@ -21,6 +21,7 @@ benchmarks compare with: adding an activation on the Python side is adding its r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -42,6 +43,8 @@ __all__ = [
     "avg_pool2d",
     "batch_norm",
     "conv2d",
+    "layer_norm",
+    "layer_norm2d",
     "linear",
     "max_pool2d",
     "resolve_activation",
@@ -806,6 +809,127 @@ def _batch_norm_backward_fake(
 @torch.library.register_fake("fastcnn::batch_norm_update_running_stats")
 def _batch_norm_update_running_stats_fake(running_mean, running_var, mean, var, momentum, count):
     _check_devices(running_mean, "running_mean", running_var=running_var, mean=mean, var=var)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# layer norm
+# ----------------------------------------------------------------------------------------------------------
+
+
+def layer_norm(
+    input: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Layer normalisation over the trailing dims, as :func:`torch.nn.functional.layer_norm`: each
+    slice of ``normalized_shape`` is normalised by its own mean and (biased) variance, then scaled by
+    ``weight`` and shifted by ``bias`` (both of ``normalized_shape``)."""
+    _check_tensor(input, "input")
+    shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
+    if not shape or input.dim() < len(shape):
+        raise ValueError(f"normalized_shape {tuple(shape)} does not fit input of shape {tuple(input.shape)}")
+    return _ops.layer_norm(input, input.dim() - len(shape), shape, weight, bias, eps)[0]
+
+
+def layer_norm2d(
+    input: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-6
+) -> Tensor:
+    """Channels-first layer normalisation of a 4-D ``[N, C, H, W]`` input over ``C`` at each pixel, as
+    ConvNeXt's ``LayerNorm2d`` (``weight``/``bias`` of shape ``[C]``); NCHW or channels_last, without the
+    permutes and copies that torchvision's version makes."""
+    _check_tensor(input, "input")
+    if input.dim() != 4:
+        raise ValueError(f"layer_norm2d input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+    return _ops.layer_norm(input, 1, [input.shape[1]], weight, bias, eps)[0]
+
+
+def _layer_norm_stats_shape(input, dim, normalized_shape):
+    groups = input.numel() // max(1, math.prod(normalized_shape))
+    return (groups,)
+
+
+def _layer_norm_empty_like(input, dim, normalized_shape):
+    """An empty tensor of input's shape in the layout the kernels write: channels_last for a
+    channels_last LayerNorm2d, contiguous otherwise."""
+    out = input.new_empty(input.shape)
+    channels_first = dim == 1 and len(normalized_shape) == 1 and input.dim() == 4
+    if channels_first and suggest_memory_format(input) == torch.channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+@torch.library.register_fake("fastcnn::layer_norm")
+def _layer_norm_fake(input, dim, normalized_shape, weight, bias, eps):
+    _check_devices(input, "input", weight=weight, bias=bias)
+    torch._check(
+        list(input.shape[dim : dim + len(normalized_shape)]) == list(normalized_shape),
+        lambda: f"fastcnn: layer_norm normalized_shape {normalized_shape} does not match input {input.shape}",
+    )
+    stats = _stats_dtype(input)
+    shape = _layer_norm_stats_shape(input, dim, normalized_shape)
+    out = input.new_empty(input.shape)
+    if (
+        dim == 1
+        and len(normalized_shape) == 1
+        and input.dim() == 4
+        and suggest_memory_format(input) == torch.channels_last
+    ):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out, input.new_empty(shape, dtype=stats), input.new_empty(shape, dtype=stats)
+
+
+def _layer_norm_setup_context(ctx, inputs, output):
+    input, dim, normalized_shape, weight, bias, _eps = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.dims = (dim, normalized_shape)
+    ctx.weight_dtype = None if weight is None else weight.dtype
+    ctx.bias = (None, None) if bias is None else (bias.dtype, bias.shape)
+    ctx.save_for_backward(input, weight, mean, rstd)
+
+
+def _layer_norm_backward(ctx, grad_output, _grad_mean, _grad_rstd):
+    input, weight, mean, rstd = ctx.saved_tensors
+    bias_dtype, bias_shape = ctx.bias
+    mask = [
+        ctx.needs_input_grad[0],
+        ctx.needs_input_grad[3] and weight is not None,
+        ctx.needs_input_grad[4] and bias_dtype is not None,
+    ]
+    if not any(mask):
+        return (None,) * 6
+    grad_input, grad_weight, grad_bias = _ops.layer_norm_backward(
+        grad_output, input, *ctx.dims, weight, mean, rstd, mask
+    )
+    return (
+        grad_input if mask[0] else None,
+        None,
+        None,
+        grad_weight.view(weight.shape).to(ctx.weight_dtype) if mask[1] else None,
+        grad_bias.view(bias_shape).to(bias_dtype) if mask[2] else None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    "fastcnn::layer_norm", _layer_norm_backward, setup_context=_layer_norm_setup_context
+)
+
+
+@torch.library.register_fake("fastcnn::layer_norm_backward")
+def _layer_norm_backward_fake(grad_output, input, dim, normalized_shape, weight, mean, rstd, output_mask):
+    _check_devices(input, "input", grad_output=grad_output, weight=weight, mean=mean, rstd=rstd)
+    channels = math.prod(normalized_shape)
+    grad_input = (
+        _layer_norm_empty_like(input, dim, normalized_shape) if output_mask[0] else input.new_empty(0)
+    )
+    return (
+        grad_input,
+        mean.new_empty(channels if output_mask[1] else 0),
+        mean.new_empty(channels if output_mask[2] else 0),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

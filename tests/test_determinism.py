@@ -61,6 +61,8 @@ CASES = {
         [(8, 16, 33, 33), (16,), (16,)],
         lambda x, w, b: ops.batch_norm(x, None, None, w, b, training=True, activation="relu"),
     ),
+    "layer_norm_rows": ([(512, 96), (96,), (96,)], lambda x, w, b: ops.layer_norm(x, 96, w, b)),
+    "layer_norm2d": ([(8, 16, 33, 33), (16,), (16,)], lambda x, w, b: ops.layer_norm2d(x, w, b)),
     "batch_norm_channels_last": (
         [(8, 16, 33, 33, "cl"), (16,), (16,)],
         lambda x, w, b: ops.batch_norm(x, None, None, w, b, training=True),

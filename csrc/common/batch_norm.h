@@ -1,11 +1,8 @@
 // Batch normalisation pieces shared by the CPU and CUDA kernels: argument validation, the [outer][C][inner]
 // view of the input, the per-channel moments and their combination, and the per-channel coefficients of
 // the forward and backward transforms, so that both backends compute the same arithmetic.
-//
-// Statistics are merged with Chan et al.'s pairwise update of (count, mean, M2), never from a running
-// sum of squares: var = E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std. Every merge runs in a
-// fixed order (partials are laid out by position, not by thread), so results do not depend on the
-// thread count or scheduling.
+// Statistics: common/moments.h. Every merge runs in a fixed order (partials are laid out by position, not
+// by thread), so results do not depend on the thread count or scheduling.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -17,6 +14,7 @@
 #include <optional>
 
 #include "common/checks.h"
+#include "common/moments.h"
 
 namespace fastcnn {
 namespace bn {
@@ -164,39 +162,10 @@ inline void check_running_stats_update(const at::Tensor& running_mean, const at:
 
 // ---- arithmetic shared by both backends ----------------------------------------------------------------
 
-template <typename acc_t>
-struct Moments {
-  int64_t count;
-  acc_t mean;
-  acc_t m2;  // sum of squared deviations from mean
-};
-
-template <typename acc_t>
-C10_HOST_DEVICE inline void welford_add(Moments<acc_t>& m, acc_t x) {
-  ++m.count;
-  const acc_t delta = x - m.mean;
-  m.mean += delta / static_cast<acc_t>(m.count);
-  m.m2 += delta * (x - m.mean);
-}
-
-template <typename acc_t>
-C10_HOST_DEVICE inline Moments<acc_t> merge(const Moments<acc_t>& a, const Moments<acc_t>& b) {
-  if (b.count == 0) return a;
-  if (a.count == 0) return b;
-  const int64_t n = a.count + b.count;
-  const acc_t delta = b.mean - a.mean;
-  const acc_t b_share = static_cast<acc_t>(b.count) / static_cast<acc_t>(n);
-  return {n, a.mean + delta * b_share, a.m2 + b.m2 + delta * delta * static_cast<acc_t>(a.count) * b_share};
-}
-
-template <typename acc_t>
-C10_HOST_DEVICE inline acc_t inverse_std(acc_t var, double eps) {
-#ifdef __CUDA_ARCH__
-  return acc_t(1) / ::sqrt(var + static_cast<acc_t>(eps));
-#else
-  return acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
-#endif
-}
+using stats::inverse_std;
+using stats::merge;
+using stats::Moments;
+using stats::welford_add;
 
 // Forward transform y = act((x - mean) * scale + shift), scale = weight / sqrt(var + eps), shift = bias
 // (weight 1 and bias 0 when absent). x - mean first, as PyTorch's reference does: folding mean into the

@@ -22,6 +22,7 @@
 
 #include "common/activation.h"
 #include "common/batch_norm.h"
+#include "cuda/common/channel_reduce.cuh"
 #include "cuda/common/launch.cuh"
 
 namespace fastcnn {
@@ -29,103 +30,7 @@ namespace {
 
 using cuda::ceil_div;
 using cuda::launch_kernel;
-
-constexpr int kThreads = 256;
-constexpr int kChannelTile = 32;                    // channels_last: channels per block, one per lane
-constexpr int kRowLanes = kThreads / kChannelTile;  // channels_last: threads down the pixels per channel
-
-// How the reduction axis (the count values of a channel) is split over blockIdx.y.
-struct ReduceGrid {
-  int64_t outer, channels, inner;
-  int64_t per_split;  // reduction positions per split: rows (channels_last) or (n, hw) positions (NCHW)
-  int64_t splits;
-};
-
-ReduceGrid reduce_grid(const bn::Shape& s) {
-  ReduceGrid g{s.outer, s.channels, s.inner, 0, 0};
-  const int64_t extent = s.channels_inner() ? s.outer : s.count;
-  const int64_t channel_blocks =
-      s.channels_inner() ? ceil_div(s.channels, int64_t{kChannelTile}) : s.channels;
-  const int64_t lanes = s.channels_inner() ? kRowLanes : kThreads;
-  TORCH_CHECK(channel_blocks <= int64_t{1} << 31, "fastcnn: batch_norm has too many channels (", s.channels,
-              ")");
-  // About four blocks per SM in all, every thread with at least 4 values, at most 1024 splits.
-  int64_t splits = std::max<int64_t>(1, ceil_div(4 * cuda::current_sm_count(), channel_blocks));
-  splits = std::min({splits, std::max<int64_t>(1, ceil_div(extent, 4 * lanes)), int64_t{1024}});
-  g.per_split = ceil_div(extent, splits);
-  g.splits = ceil_div(extent, g.per_split);
-  return g;
-}
-
-// The channel this thread reduces, or -1 for a lane of the channels_last tile past C.
-template <bool kChannelsInner>
-__device__ __forceinline__ int64_t thread_channel(const ReduceGrid& g) {
-  if constexpr (kChannelsInner) {
-    const int64_t c = static_cast<int64_t>(blockIdx.x) * kChannelTile + threadIdx.x;
-    return c < g.channels ? c : -1;
-  } else {
-    return blockIdx.x;
-  }
-}
-
-// Calls visit(index) for this thread's share of channel c (c >= 0) in split blockIdx.y, in a fixed order.
-template <bool kChannelsInner, typename Visit>
-__device__ __forceinline__ void for_each_value(const ReduceGrid& g, int64_t c, Visit&& visit) {
-  const int64_t begin = static_cast<int64_t>(blockIdx.y) * g.per_split;
-  if constexpr (kChannelsInner) {
-    const int64_t end = std::min(g.outer, begin + g.per_split);
-    for (int64_t r = begin + threadIdx.y; r < end; r += kRowLanes) visit(r * g.channels + c);
-  } else {
-    const int64_t end = std::min(g.outer * g.inner, begin + g.per_split);
-    const int64_t plane_stride = g.channels * g.inner;
-    for (int64_t m = begin + threadIdx.x; m < end; m += kThreads) {
-      visit((m / g.inner) * plane_stride + c * g.inner + m % g.inner);
-    }
-  }
-}
-
-// Merges the block's per-thread states in a fixed order into partials[blockIdx.y * C + c].
-template <bool kChannelsInner, typename State, typename Merge>
-__device__ __forceinline__ void store_block_partial(State* shared_states, const State& mine, int64_t c,
-                                                    const ReduceGrid& g, State* partials, Merge&& merge) {
-  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-  shared_states[tid] = mine;
-  __syncthreads();
-  if constexpr (kChannelsInner) {
-    if (threadIdx.y == 0 && c >= 0) {
-      State total = shared_states[threadIdx.x];
-      for (int lane = 1; lane < kRowLanes; ++lane)
-        total = merge(total, shared_states[lane * kChannelTile + threadIdx.x]);
-      partials[static_cast<int64_t>(blockIdx.y) * g.channels + c] = total;
-    }
-  } else {
-    for (int stride = kThreads / 2; stride > 0; stride /= 2) {
-      if (tid < stride) shared_states[tid] = merge(shared_states[tid], shared_states[tid + stride]);
-      __syncthreads();
-    }
-    if (tid == 0) partials[static_cast<int64_t>(blockIdx.y) * g.channels + c] = shared_states[0];
-  }
-}
-
-dim3 reduce_blocks(const ReduceGrid& g, bool channels_inner) {
-  return dim3(
-      static_cast<unsigned>(channels_inner ? ceil_div(g.channels, int64_t{kChannelTile}) : g.channels),
-      static_cast<unsigned>(g.splits));
-}
-
-dim3 reduce_threads(bool channels_inner) {
-  return channels_inner ? dim3(kChannelTile, kRowLanes) : dim3(kThreads);
-}
-
-template <typename T>
-at::Tensor partial_buffer(const at::Tensor& like, int64_t states) {
-  return at::empty({states * static_cast<int64_t>(sizeof(T))}, like.options().dtype(at::kByte));
-}
-
-__device__ __forceinline__ int64_t channel_of(int64_t i, int64_t channels, int64_t inner,
-                                              bool channels_inner) {
-  return channels_inner ? i % channels : (i / inner) % channels;
-}
+using namespace cuda::channel_reduce;  // NOLINT: the reduction skeleton the kernels below are written in
 
 // ---- forward --------------------------------------------------------------------------------------------
 
@@ -219,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
     at::Tensor partials;
     ReduceGrid g{};
     if (training) {
-      g = reduce_grid(s);
+      g = reduce_grid(s.outer, s.channels, s.inner);
       partials = partial_buffer<bn::Moments<acc_t>>(x, g.splits * s.channels);
       auto* partial_ptr = reinterpret_cast<bn::Moments<acc_t>*>(partials.mutable_data_ptr());
       if (s.channels_inner()) {
@@ -253,50 +158,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
 
 // ---- backward -------------------------------------------------------------------------------------------
 
-template <typename acc_t>
-struct GradSums {
-  acc_t g, gx;  // sum(g), sum(g * (x - mean)) with g through the activation
-};
-
 template <typename T, typename acc_t, Activation A, bool kChannelsInner>
 __global__ void __launch_bounds__(kThreads)
     grad_sums_partial_kernel(const T* __restrict__ grad_output, const T* __restrict__ output,
                              const T* __restrict__ x, const acc_t* __restrict__ mean, ReduceGrid g,
-                             GradSums<acc_t>* __restrict__ partials) {
-  __shared__ GradSums<acc_t> states[kThreads];
-  GradSums<acc_t> mine{acc_t(0), acc_t(0)};
+                             SumPair<acc_t>* __restrict__ partials) {
+  __shared__ SumPair<acc_t> states[kThreads];
+  SumPair<acc_t> mine{acc_t(0), acc_t(0)};
   const int64_t c = thread_channel<kChannelsInner>(g);
   const acc_t channel_mean = c >= 0 ? mean[c] : acc_t(0);
   if (c >= 0)
     for_each_value<kChannelsInner>(g, c, [&](int64_t i) {
       const acc_t gi = ActivationFunctor<A>::template backward<acc_t>(static_cast<acc_t>(grad_output[i]),
                                                                       static_cast<acc_t>(output[i]));
-      mine.g += gi;
-      mine.gx += gi * (static_cast<acc_t>(x[i]) - channel_mean);
+      mine.first += gi;
+      mine.second += gi * (static_cast<acc_t>(x[i]) - channel_mean);
     });
-  store_block_partial<kChannelsInner>(states, mine, c, g, partials, [](const auto& a, const auto& b) {
-    return GradSums<acc_t>{a.g + b.g, a.gx + b.gx};
-  });
+  store_block_partial<kChannelsInner>(states, mine, c, g, partials,
+                                      [](const auto& a, const auto& b) { return add_pairs(a, b); });
 }
 
 template <typename acc_t>
-__global__ void backward_coefficients_kernel(const GradSums<acc_t>* __restrict__ partials, int64_t splits,
+__global__ void backward_coefficients_kernel(const SumPair<acc_t>* __restrict__ partials, int64_t splits,
                                              int64_t channels, int64_t count, bool training, double eps,
                                              const acc_t* __restrict__ weight, const acc_t* __restrict__ mean,
                                              const acc_t* __restrict__ var, acc_t* __restrict__ grad_weight,
                                              acc_t* __restrict__ grad_bias,
                                              bn::BackwardCoefficients<acc_t>* __restrict__ coefficients) {
   for (int64_t c = cuda::global_thread_index(); c < channels; c += cuda::grid_thread_count()) {
-    GradSums<acc_t> sums{acc_t(0), acc_t(0)};
+    SumPair<acc_t> sums{acc_t(0), acc_t(0)};
     for (int64_t p = 0; p < splits; ++p) {
-      sums.g += partials[p * channels + c].g;
-      sums.gx += partials[p * channels + c].gx;
+      sums = add_pairs(sums, partials[p * channels + c]);
     }
-    if (grad_weight != nullptr) grad_weight[c] = sums.gx * bn::inverse_std(var[c], eps);
-    if (grad_bias != nullptr) grad_bias[c] = sums.g;
+    if (grad_weight != nullptr) grad_weight[c] = sums.second * bn::inverse_std(var[c], eps);
+    if (grad_bias != nullptr) grad_bias[c] = sums.first;
     if (coefficients != nullptr) {
-      coefficients[c] =
-          bn::backward_coefficients<acc_t>(mean[c], var[c], eps, weight, c, sums.g, sums.gx, count, training);
+      coefficients[c] = bn::backward_coefficients<acc_t>(mean[c], var[c], eps, weight, c, sums.first,
+                                                         sums.second, count, training);
     }
   }
 }
@@ -339,9 +237,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "fastcnn_batch_norm_backward_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        const ReduceGrid rg = reduce_grid(s);
-        at::Tensor partials = partial_buffer<GradSums<acc_t>>(x, rg.splits * s.channels);
-        auto* partial_ptr = reinterpret_cast<GradSums<acc_t>*>(partials.mutable_data_ptr());
+        const ReduceGrid rg = reduce_grid(s.outer, s.channels, s.inner);
+        at::Tensor partials = partial_buffer<SumPair<acc_t>>(x, rg.splits * s.channels);
+        auto* partial_ptr = reinterpret_cast<SumPair<acc_t>*>(partials.mutable_data_ptr());
         at::Tensor coefficients = partial_buffer<bn::BackwardCoefficients<acc_t>>(x, s.channels);
         auto* coefficient_ptr =
             reinterpret_cast<bn::BackwardCoefficients<acc_t>*>(coefficients.mutable_data_ptr());
