@@ -86,7 +86,7 @@ lint: $(VENV)/.deps
 EMU_CI_TESTS := tests/test_emulator.py tests/test_conv2d.py tests/test_linear.py tests/test_activation.py \
                 tests/test_max_pool2d.py tests/test_avg_pool2d.py tests/test_adaptive_avg_pool2d.py \
                 tests/test_augment.py tests/test_batch_norm.py tests/test_layer_norm.py tests/test_determinism.py \
-                tests/test_fuse.py tests/test_compile.py
+                tests/test_fuse.py tests/test_compile.py tests/test_convert_cuda.py
 
 test: build build-emu lint
 	$(PY) -m pytest -q -n 2 tests/

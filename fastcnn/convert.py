@@ -50,7 +50,14 @@ if fnn._TorchvisionLayerNorm2d is not nn.LayerNorm:
 _FASTCNN_CLASSES = frozenset(_REPLACEMENTS.values()) | {fnn.ResidualAdd}
 
 #: Layers with nothing to compute (or nothing fastcnn should compute): not worth a line in the report.
-_PASSIVE = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
+_PASSIVE: tuple[type[nn.Module], ...] = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
+try:  # torchvision's stochastic depth (a random per-sample mask, like dropout) and Permute (a view)
+    from torchvision.ops.misc import Permute
+    from torchvision.ops.stochastic_depth import StochasticDepth
+
+    _PASSIVE += (StochasticDepth, Permute)
+except ImportError:  # pragma: no cover - torchvision is optional
+    pass
 
 _SKIP_REASONS: list[tuple[tuple[type[nn.Module], ...], str]] = [
     (
