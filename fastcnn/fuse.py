@@ -248,7 +248,9 @@ class _FxFuser:
             if activation is None or not node.args:
                 continue
             layer_node = node.args[0]
-            if not self.plain_layer(layer_node, (fnn.Conv2d, fnn.Linear)):
+            # A BatchNorm that could not be folded (DenseNet's, after a concatenation) still takes the
+            # activation after it into its own pass.
+            if not self.plain_layer(layer_node, (fnn.Conv2d, fnn.Linear, fnn.BatchNorm2d, fnn.BatchNorm1d)):
                 continue
             self.modules[layer_node.target].activation = activation
             node.replace_all_uses_with(layer_node)

@@ -17,16 +17,31 @@ from fastcnn.fuse import FusedBasicBlock, FuseReport
 
 tv = torchvision.models
 
-# name -> (builder, input size, residual joins the fused model should have)
+# name -> (builder, input size, residual joins the fused model should have, BatchNorms it keeps): a
+# BatchNorm that follows no conv (DenseNet's norm1, after a concatenation) cannot be folded; it stays a
+# fastcnn BatchNorm2d with the ReLU after it in its pass.
 MODELS = {
-    "resnet18": (lambda: tv.resnet18(weights=None), 64, 8),
-    "resnet50": (lambda: tv.resnet50(weights=None), 64, 16),
-    "vgg16": (lambda: tv.vgg16(weights=None, num_classes=10), 32, 0),
-    "googlenet": (lambda: tv.googlenet(weights=None, init_weights=True), 64, 0),
-    "inception_v3": (lambda: tv.inception_v3(weights=None, aux_logits=False, init_weights=True), 80, 0),
-    "mobilenet_v2": (lambda: tv.mobilenet_v2(weights=None), 64, 10),
-    "fastcnn.resnet18": (lambda: fastcnn.models.resnet18(num_classes=10), 64, 8),
-    "fastcnn.xception": (lambda: fastcnn.models.xception(num_classes=10), 64, 12),
+    "resnet18": (lambda: tv.resnet18(weights=None), 64, 8, 0),
+    "resnet50": (lambda: tv.resnet50(weights=None), 64, 16, 0),
+    "resnext50_32x4d": (lambda: tv.resnext50_32x4d(weights=None), 64, 16, 0),
+    "wide_resnet50_2": (lambda: tv.wide_resnet50_2(weights=None), 64, 16, 0),
+    "vgg16": (lambda: tv.vgg16(weights=None, num_classes=10), 32, 0, 0),
+    "googlenet": (lambda: tv.googlenet(weights=None, init_weights=True), 64, 0, 0),
+    "inception_v3": (lambda: tv.inception_v3(weights=None, aux_logits=False, init_weights=True), 80, 0, 0),
+    "mobilenet_v2": (lambda: tv.mobilenet_v2(weights=None), 64, 10, 0),
+    "mobilenet_v3_large": (lambda: tv.mobilenet_v3_large(weights=None), 64, 10, 0),
+    # EfficientNet's residual adds take stochastic depth's output: not a conv's, so not fused.
+    "efficientnet_b0": (lambda: tv.efficientnet_b0(weights=None), 64, 0, 0),
+    "efficientnet_v2_s": (lambda: tv.efficientnet_v2_s(weights=None), 64, 0, 0),
+    "regnet_y_400mf": (lambda: tv.regnet_y_400mf(weights=None), 64, 16, 0),
+    "convnext_tiny": (lambda: tv.convnext_tiny(weights=None), 64, 0, 0),
+    "densenet121": (lambda: tv.densenet121(weights=None), 64, 0, 62),
+    "squeezenet1_1": (lambda: tv.squeezenet1_1(weights=None), 64, 0, 0),
+    "shufflenet_v2_x1_0": (lambda: tv.shufflenet_v2_x1_0(weights=None), 64, 0, 0),
+    "mnasnet1_0": (lambda: tv.mnasnet1_0(weights=None), 64, 10, 0),
+    "alexnet": (lambda: tv.alexnet(weights=None, num_classes=10), 64, 0, 0),
+    "fastcnn.resnet18": (lambda: fastcnn.models.resnet18(num_classes=10), 64, 8, 0),
+    "fastcnn.xception": (lambda: fastcnn.models.xception(num_classes=10), 64, 12, 0),
 }
 
 
@@ -84,7 +99,7 @@ def _count(model: nn.Module, kind) -> int:
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_fused_matches_eval_model(name):
-    build, size, residuals = MODELS[name]
+    build, size, residuals, kept_batchnorms = MODELS[name]
     torch.manual_seed(0)
     model = _randomize_batchnorm(build())
     model.train()
@@ -92,8 +107,13 @@ def test_fused_matches_eval_model(name):
     fused = _check_fused_matches(model, x)
     report = fused.fastcnn_fuse_report
     assert isinstance(report, FuseReport) and report.method == "fx", report.trace_error
-    assert _count(fused, nn.BatchNorm2d) == 0, "every BatchNorm follows a conv and should be folded"
-    assert len(report.folded_batchnorm) == _count(model, nn.BatchNorm2d) - _aux_batchnorms(model)
+    kept = [m for m in fused.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(kept) == kept_batchnorms, "every BatchNorm that follows a conv should be folded"
+    assert all(type(m) is fnn.BatchNorm2d and m.activation == "relu" for m in kept)
+    assert (
+        len(report.folded_batchnorm)
+        == _count(model, nn.BatchNorm2d) - _aux_batchnorms(model) - kept_batchnorms
+    )
     assert len(report.fused_residual) == residuals
     assert not fused.training
 
