@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, assert_close
+from conftest import DEVICES, EMULATED, assert_close
 from torch import nn
 
 import fastcnn.nn as fnn
@@ -143,3 +143,77 @@ def test_compile_matches_torch_network():
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
         assert_close(compiled(x), reference(x))
+
+
+# The 17 torchvision classifiers of the model tests, converted: each compiles whole (fullgraph=True) in
+# train mode, forward and backward, batch-norm running statistics included, and matches eager.
+ZOO = [
+    "resnet50",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "regnet_y_400mf",
+    "convnext_tiny",
+    "densenet121",
+    "googlenet",
+    "inception_v3",
+    "vgg16",
+    "squeezenet1_1",
+    "shufflenet_v2_x1_0",
+    "mnasnet1_0",
+    "alexnet",
+]
+
+
+def _converted(name):
+    import torchvision
+
+    import fastcnn
+
+    kwargs = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, **kwargs)
+    for m in model.modules():  # dropout draws different masks in eager and compiled runs
+        if isinstance(m, nn.Dropout) or type(m).__name__ == "StochasticDepth":
+            m.p = 0.0
+    return fastcnn.convert(model)
+
+
+# Tracing does not depend on the backend; under emulation test_convert_cuda runs models on the kernels.
+_NOT_EMULATED = pytest.mark.skipif(EMULATED, reason="whole models under emulation: see test_convert_cuda")
+
+
+@_NOT_EMULATED
+@pytest.mark.parametrize("name", ZOO)
+def test_converted_zoo_compiles_without_graph_breaks(name):
+    import copy
+
+    torch._dynamo.reset()
+    eager = _converted(name).train()
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 80 if name == "inception_v3" else 64, 64 if name != "inception_v3" else 80)
+    ours, ref = compiled(x), eager(x)
+    assert_close(ours, ref.detach(), rtol=1e-4)
+    ours.square().sum().backward()
+    ref.square().sum().backward()
+    for (n, p), (_, q) in zip(compiled_model.named_parameters(), eager.named_parameters(), strict=True):
+        scale = max(q.grad.norm().item(), 1e-3 * max(r.grad.norm().item() for r in eager.parameters()))
+        assert (p.grad - q.grad).norm().item() <= 1e-3 * scale, f"grad of {n}"
+    for (n, b), (_, c) in zip(compiled_model.named_buffers(), eager.named_buffers(), strict=True):
+        assert torch.allclose(b.double(), c.double(), rtol=1e-4, atol=1e-6), n
+
+
+@_NOT_EMULATED
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v2", "convnext_tiny"])
+def test_converted_models_export(name):
+    """torch.export of the converted model in eval mode: every fastcnn op has a fake kernel, and the
+    exported program computes what the model does."""
+    model = _converted(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    program = torch.export.export(model, (x,))
+    assert any("fastcnn" in str(node.target) for node in program.graph.nodes)
+    assert torch.equal(program.module()(x), model(x))
