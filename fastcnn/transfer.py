@@ -23,6 +23,7 @@ from . import nn as fnn
 from .convert import supported_dtypes
 
 __all__ = [
+    "eval_batchnorm",
     "eval_frozen_batchnorm",
     "find_head",
     "freeze",
@@ -163,6 +164,18 @@ def eval_frozen_batchnorm(model: nn.Module) -> int:
             if params and not any(p.requires_grad for p in params):
                 module.eval()
                 count += 1
+    return count
+
+
+def eval_batchnorm(model: nn.Module) -> int:
+    """Puts every BatchNorm layer into eval mode: it normalises by its running statistics and leaves
+    them untouched (fine-tuning with frozen statistics), while its affine parameters keep training;
+    returns how many. Call it after each ``model.train()``."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            count += 1
     return count
 
 

@@ -78,3 +78,26 @@ def test_bad_arguments(tmp_path, capsys):
         assert cli.main(_args(tmp_path, "--device", "cuda")) == 2
     with pytest.raises(SystemExit):
         cli.main(_args(tmp_path, "--model", "alexnet"))
+
+
+@pytest.mark.parametrize("batchnorm", ["train", "frozen"])
+def test_train_converted_torchvision_model_with_batchnorm_modes(tmp_path, batchnorm):
+    """A torchvision classifier converted to fastcnn layers trains; with --batchnorm frozen its running
+    statistics stay as they were loaded, with train they move."""
+    config = train.TrainConfig(
+        model="torchvision.mobilenet_v2",
+        epochs=1,
+        limit=48,
+        batch_size=16,
+        checkpoint=str(tmp_path / "ckpt.pt"),
+        progress=False,
+        batchnorm=batchnorm,
+    )
+    initial = train.build_model(config, 10)
+    assert type(initial.features[0][1]).__module__ == "fastcnn.nn"
+    train.run(config, log=lambda line: None)
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["state_dict"]
+    moved = not torch.equal(state["features.0.1.running_mean"], initial.features[0][1].running_mean)
+    assert moved == (batchnorm == "train")
+    with pytest.raises(ValueError, match="torchvision"):
+        train.build_model(train.TrainConfig(model="torchvision.not_a_model"), 10)

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .. import models, transfer
+from ..convert import convert as fastcnn_convert
 from .devices import resolve_device
 
 __all__ = ["TrainConfig", "TrainResult", "add_arguments", "build_datasets", "evaluate", "main", "run"]
@@ -56,6 +57,10 @@ class TrainConfig:
     checkpoint: str = "fastcnn_checkpoint.pt"
     weights: str | None = None
     freeze_backbone: bool = False
+    #: "train": BatchNorm normalises by batch statistics and updates its running ones (torch's train
+    #: mode); "frozen": every BatchNorm stays in eval mode, normalising by its running statistics and
+    #: leaving them untouched, while its affine parameters still train.
+    batchnorm: str = "train"
     backbone_lr_mult: float = 0.1
     optimizer: str = "sgd"
     weight_decay: float = 5e-4
@@ -162,10 +167,23 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset, list[str]]:
 # ----------------------------------------------------------------------------------------------------------
 
 
+#: ``--model torchvision.<name>``: a torchvision classifier (random init), converted to fastcnn layers.
+TORCHVISION_PREFIX = "torchvision."
+
+
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The zoo model with a ``num_classes`` head; ``config.weights`` (if any) loads every layer whose
-    shape fits, so a checkpoint trained for other classes supplies the backbone and the head is new."""
-    model = models.get_model(config.model, num_classes=num_classes)
+    """The zoo model (or ``torchvision.<name>``, converted with :func:`fastcnn.convert`) with a
+    ``num_classes`` head; ``config.weights`` (if any) loads every layer whose shape fits, so a checkpoint
+    trained for other classes supplies the backbone and the head is new."""
+    if config.model.startswith(TORCHVISION_PREFIX):
+        import torchvision
+
+        name = config.model[len(TORCHVISION_PREFIX) :]
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise ValueError(f"{name!r} is not a torchvision classification model")
+        model = fastcnn_convert(torchvision.models.get_model(name, weights=None, num_classes=num_classes))
+    else:
+        model = models.get_model(config.model, num_classes=num_classes)
     if config.weights is None:
         return model
     state = models.read_state_dict(config.weights)
@@ -243,6 +261,8 @@ def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     one line per epoch and a closing summary."""
     if config.epochs < 1 or config.batch_size < 1 or config.patience < 1:
         raise ValueError("epochs, batch_size and patience must be >= 1")
+    if config.batchnorm not in ("train", "frozen"):
+        raise ValueError(f"batchnorm must be 'train' or 'frozen', got {config.batchnorm!r}")
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     amp = config.amp
@@ -297,6 +317,8 @@ def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         model.train()
         if config.freeze_backbone:
             transfer.eval_frozen_batchnorm(model)
+        if config.batchnorm == "frozen":
+            transfer.eval_batchnorm(model)
         total_loss, correct, count = 0.0, 0, 0
         bar = _progress(train_loader, config.progress, f"epoch {epoch}/{config.epochs}", len(train_loader))
         for images, labels in bar:
@@ -362,10 +384,24 @@ def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _model_name(value: str) -> str:
+    if value in models.list_models() or value.startswith(TORCHVISION_PREFIX):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r}: choose a zoo model ({', '.join(models.list_models())}) or {TORCHVISION_PREFIX}<name>"
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds ``fastcnn train``'s flags to ``parser``."""
     d = TrainConfig()
-    parser.add_argument("--model", choices=models.list_models(), default=d.model, help="zoo model")
+    parser.add_argument(
+        "--model",
+        type=_model_name,
+        default=d.model,
+        help=f"zoo model ({', '.join(models.list_models())}) or {TORCHVISION_PREFIX}<name>, a torchvision "
+        "classifier converted to fastcnn layers (e.g. torchvision.mobilenet_v2)",
+    )
     parser.add_argument(
         "--data",
         default=d.data,
@@ -381,6 +417,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=d.checkpoint, help="where the best model is saved")
     parser.add_argument("--weights", default=None, help="initial weights (path); the head is resized")
     parser.add_argument("--freeze-backbone", action="store_true", help="train only the classifier head")
+    parser.add_argument(
+        "--batchnorm",
+        choices=["train", "frozen"],
+        default=d.batchnorm,
+        help="train: batch statistics, running ones updated; frozen: running statistics, left as they are",
+    )
     parser.add_argument(
         "--backbone-lr-mult", type=float, default=d.backbone_lr_mult, help="backbone lr = lr * this"
     )
