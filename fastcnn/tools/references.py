@@ -24,6 +24,8 @@ __all__ = [
     "torch_add_relu",
     "torch_avg_pool",
     "torch_avg_pool_backward",
+    "torch_batch_norm_relu",
+    "torch_batch_norm_relu_backward",
     "torch_conv",
     "torch_conv2d_fused",
     "torch_conv_backward",
@@ -133,6 +135,18 @@ def torch_adaptive_avg_pool_backward(go, x):
 
 def torch_add_relu(a, b):
     return torch.relu(a + b)
+
+
+def torch_batch_norm_relu(x, w, b, running_mean, running_var):
+    """Training-mode BatchNorm (running statistics updated) and its ReLU, as a torchvision block runs."""
+    return torch.relu(F.batch_norm(x, running_mean, running_var, w, b, True, 0.1, 1e-5))
+
+
+def torch_batch_norm_relu_backward(go, x, w, y, save_mean, save_invstd):
+    g = _aten.threshold_backward(go, y, 0)
+    return _aten.native_batch_norm_backward(
+        g, x, w, None, None, save_mean, save_invstd, True, 1e-5, [True, True, True]
+    )
 
 
 def torch_activation(

@@ -609,6 +609,47 @@ for _name, _act in ops.ACTIVATIONS.items():
     )
 
 
+def _batch_norm_tensors(size: list[int], ctx: Context):
+    channels = size[0]
+    x = ctx.rand((ctx.batch, *size))
+    reduced = x.dtype in (torch.float16, torch.bfloat16)
+    stats = dict(device=x.device, dtype=torch.float32 if reduced else x.dtype)
+    w, b = torch.rand(channels, **stats) + 0.5, torch.randn(channels, **stats)
+    return x, w, b, torch.zeros(channels, **stats), torch.ones(channels, **stats)
+
+
+@case("batch_norm", "norm", "activation", label_suffix=" train +relu")
+def batch_norm(size: list[int], ctx: Context) -> Built:
+    """Training-mode BatchNorm2d fused with its ReLU (batch statistics; running statistics updated) at
+    the networks' activation sizes, where their BatchNorm + ReLU pairs run. Bytes: the two passes a
+    batch norm needs at least (statistics, then normalise): x read twice, y written once."""
+    x, w, b, rm, rv = _batch_norm_tensors(size, ctx)
+
+    def fast(x, w, b, rm, rv):
+        return ops.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5, activation="relu")
+
+    return Built(ctx.contenders(fast, ref.torch_batch_norm_relu, (x, w, b, rm, rv)), bytes=3 * nbytes(x))
+
+
+@case("batch_norm_backward", "norm", "activation", label_suffix=" train +relu")
+def batch_norm_backward(size: list[int], ctx: Context) -> Built:
+    """The backward of training-mode BatchNorm2d + ReLU: the ReLU's mask from the output, the two
+    per-channel sums, then grad_input. Bytes: its two passes at least (grad_output, x and y read by each,
+    grad_input written once)."""
+    x, w, b, rm, rv = _batch_norm_tensors(size, ctx)
+    y, mean, var = _fc.batch_norm(x, w, b, None, None, True, 1e-5, _RELU)
+    invstd = torch.rsqrt(var + 1e-5)
+    go = ctx.rand(y.shape)
+
+    def fast(go, x, w, y, mean, var):
+        return _fc.batch_norm_backward(go, x, w, mean, var, y, True, 1e-5, _RELU, [True, True, True])
+
+    def eager(go, x, w, y, mean, var):
+        return ref.torch_batch_norm_relu_backward(go, x, w, y, mean, invstd)
+
+    return Built(ctx.contenders(fast, eager, (go, x, w, y, mean, var)), bytes=7 * nbytes(x))
+
+
 @case("add", "elementwise", "residual", label_suffix=" +relu")
 def add(size: list[int], ctx: Context) -> Built:
     """The residual add with its ReLU at the networks' residual-join sizes."""
