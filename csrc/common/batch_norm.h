@@ -15,6 +15,7 @@
 
 #include "common/checks.h"
 #include "common/moments.h"
+#include "common/norm.h"
 
 namespace fastcnn {
 namespace bn {
@@ -28,29 +29,13 @@ struct Shape {
   bool channels_inner() const { return inner == 1; }
 };
 
-// Per-channel statistics travel in float32 for float32/float16/bfloat16 inputs and in float64 for
-// float64 ones, as PyTorch's batch norm keeps them.
-inline at::ScalarType stats_dtype(const at::Tensor& input) {
-  return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+using norm::given;
+using norm::stats_dtype;
 
-// weight, bias and the running statistics: [C] vectors on input's device, in input's dtype, or float32
-// next to a float16/bfloat16 input (mixed precision).
+// weight, bias and the running statistics: [C], one value per input channel.
 inline void check_channel_vector(const std::optional<at::Tensor>& t, const at::Tensor& input,
                                  int64_t channels, const char* name) {
-  if (!t.has_value() || !t->defined()) return;
-  TORCH_CHECK(t->device() == input.device(), "fastcnn: batch_norm ", name, " is on ", t->device(),
-              " but input is on ", input.device());
-  const bool reduced = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
-  TORCH_CHECK(t->scalar_type() == input.scalar_type() || (reduced && t->scalar_type() == at::kFloat),
-              "fastcnn: batch_norm ", name, " has dtype ", t->scalar_type(), " but input has dtype ",
-              input.scalar_type(), reduced ? " (float32 is accepted too)" : "");
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == channels, "fastcnn: batch_norm ", name, " must have shape [",
-              channels, "] (one value per input channel), got ", t->sizes());
-}
-
-inline bool given(const std::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined();
+  norm::check_parameter(t, input, {channels}, "batch_norm", name);
 }
 
 // The input alone: [N, C, *], a dtype the device's kernels take, nothing empty; and its view.

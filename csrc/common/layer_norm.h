@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/norm.h"
 
 namespace fastcnn {
 namespace ln {
@@ -26,24 +27,7 @@ struct Shape {
   bool channels_inner() const { return inner == 1; }
 };
 
-inline at::ScalarType stats_dtype(const at::Tensor& input) {
-  return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-// weight and bias have normalized_shape, on input's device, in input's dtype (or float32 next to a
-// float16/bfloat16 input).
-inline void check_affine(const std::optional<at::Tensor>& t, const at::Tensor& input,
-                         at::IntArrayRef normalized_shape, const char* name) {
-  if (!t.has_value() || !t->defined()) return;
-  TORCH_CHECK(t->device() == input.device(), "fastcnn: layer_norm ", name, " is on ", t->device(),
-              " but input is on ", input.device());
-  const bool reduced = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
-  TORCH_CHECK(t->scalar_type() == input.scalar_type() || (reduced && t->scalar_type() == at::kFloat),
-              "fastcnn: layer_norm ", name, " has dtype ", t->scalar_type(), " but input has dtype ",
-              input.scalar_type());
-  TORCH_CHECK(t->sizes() == normalized_shape, "fastcnn: layer_norm ", name, " must have normalized_shape ",
-              normalized_shape, ", got ", t->sizes());
-}
+using norm::stats_dtype;
 
 // Validates a layer_norm call normalising input's dims [dim, dim + len(normalized_shape)).
 inline Shape check_layer_norm(const at::Tensor& input, int64_t dim, at::IntArrayRef normalized_shape,
@@ -60,8 +44,8 @@ inline Shape check_layer_norm(const at::Tensor& input, int64_t dim, at::IntArray
   TORCH_CHECK(input.numel() > 0, "fastcnn: layer_norm input is empty (shape ", input.sizes(), ")");
   TORCH_CHECK(std::isfinite(eps) && eps >= 0, "fastcnn: layer_norm eps must be finite and non-negative, got ",
               eps);
-  check_affine(weight, input, normalized_shape, "weight");
-  check_affine(bias, input, normalized_shape, "bias");
+  norm::check_parameter(weight, input, normalized_shape, "layer_norm", "weight");
+  norm::check_parameter(bias, input, normalized_shape, "layer_norm", "bias");
   Shape s{};
   s.channels = 1;
   for (int64_t d : normalized_shape) s.channels *= d;

@@ -23,6 +23,7 @@
 
 #include "common/activation.h"
 #include "common/batch_norm.h"
+#include "cpu/norm_kernels.h"
 #include "cpu/simd_clones.h"
 
 namespace fastcnn {
@@ -40,21 +41,6 @@ int64_t statistics_parts(const bn::Shape& s) {
 }
 
 // ---- statistics -----------------------------------------------------------------------------------------
-
-template <typename T>
-FASTCNN_SIMD_CLONES void plane_moments(const T* __restrict x, int64_t n, double* __restrict mean_out,
-                                       double* __restrict m2_out) {
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]);
-  const double mean = sum / static_cast<double>(n);
-  double m2 = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(x[i]) - mean;
-    m2 += d * d;
-  }
-  *mean_out = mean;
-  *m2_out = m2;
-}
 
 // rows x C values, channel fastest; mean and m2 are [C] and receive the block's moments.
 template <typename T>
@@ -98,7 +84,7 @@ void batch_moments(const T* x, const bn::Shape& s, std::vector<double>& mean, st
     const int64_t grain = std::max<int64_t>(1, kGrain / s.inner);
     at::parallel_for(0, parts * channels, grain, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
-        plane_moments(x + plane * s.inner, s.inner, &part_mean[plane], &part_m2[plane]);
+        cpu::run_moments(x + plane * s.inner, s.inner, &part_mean[plane], &part_m2[plane]);
       }
     });
   }
@@ -155,15 +141,6 @@ std::vector<double> optional_doubles(const std::optional<at::Tensor>& t) {
   return bn::given(t) ? as_doubles(*t) : std::vector<double>();
 }
 
-at::Tensor stats_tensor(const std::vector<double>& values, const at::TensorOptions& options) {
-  at::Tensor t = at::empty({static_cast<int64_t>(values.size())}, options);
-  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "fastcnn_batch_norm_stats_cpu", [&] {
-    scalar_t* p = t.mutable_data_ptr<scalar_t>();
-    for (size_t c = 0; c < values.size(); ++c) p[c] = static_cast<scalar_t>(values[c]);
-  });
-  return t;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(const at::Tensor& input,
                                                               const std::optional<at::Tensor>& weight,
                                                               const std::optional<at::Tensor>& bias,
@@ -215,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(const at::Tensor& 
     });
   });
   const auto stats_options = input.options().dtype(bn::stats_dtype(input));
-  return {y, stats_tensor(mean, stats_options), stats_tensor(var, stats_options)};
+  return {y, cpu::channel_tensor(mean, stats_options), cpu::channel_tensor(var, stats_options)};
 }
 
 // ---- backward -------------------------------------------------------------------------------------------
@@ -356,8 +333,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
   const auto stats_options = input.options().dtype(bn::stats_dtype(input));
   std::vector<double> grad_weight(channels);
   for (int64_t c = 0; c < channels; ++c) grad_weight[c] = sum_gx[c] * bn::inverse_std(var_d[c], eps);
-  return {grad_input, output_mask[1] ? stats_tensor(grad_weight, stats_options) : mean.new_empty({0}),
-          output_mask[2] ? stats_tensor(sum_g, stats_options) : mean.new_empty({0})};
+  return {grad_input, output_mask[1] ? cpu::channel_tensor(grad_weight, stats_options) : mean.new_empty({0}),
+          output_mask[2] ? cpu::channel_tensor(sum_g, stats_options) : mean.new_empty({0})};
 }
 
 // ---- running statistics ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@
 
 #include "common/layer_norm.h"
 #include "common/moments.h"
+#include "cpu/norm_kernels.h"
 #include "cpu/simd_clones.h"
 
 namespace fastcnn {
@@ -31,35 +32,6 @@ namespace {
 constexpr int64_t kRowsPerPart = 64;  // rows per grad_weight partial
 constexpr int64_t kPixelSpan = 256;   // planes: pixels per task
 constexpr int64_t kGrain = 32768;
-
-// weight/bias flattened to [C] in the kernel's dtype, or an undefined tensor when absent.
-at::Tensor affine_vector(const std::optional<at::Tensor>& t, const at::Tensor& like) {
-  return t.has_value() && t->defined() ? t->reshape({-1}).to(like.scalar_type()).contiguous() : at::Tensor();
-}
-
-at::Tensor channel_tensor(const std::vector<double>& values, bool wanted, const at::TensorOptions& options) {
-  at::Tensor t = at::empty({wanted ? static_cast<int64_t>(values.size()) : 0}, options);
-  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "fastcnn_layer_norm_channel_tensor", [&] {
-    scalar_t* p = t.mutable_data_ptr<scalar_t>();
-    for (int64_t c = 0; c < t.numel(); ++c) p[c] = static_cast<scalar_t>(values[c]);
-  });
-  return t;
-}
-
-template <typename T>
-FASTCNN_SIMD_CLONES void row_statistics(const T* __restrict x, int64_t n, double eps, double* mean_out,
-                                        double* rstd_out) {
-  double sum = 0;
-  for (int64_t c = 0; c < n; ++c) sum += static_cast<double>(x[c]);
-  const double mean = sum / static_cast<double>(n);
-  double m2 = 0;
-  for (int64_t c = 0; c < n; ++c) {
-    const double d = static_cast<double>(x[c]) - mean;
-    m2 += d * d;
-  }
-  *mean_out = mean;
-  *rstd_out = stats::inverse_std(m2 / static_cast<double>(n), eps);
-}
 
 // y = (x - mean) * rstd * w + b over one row; w/b null: 1/0.
 template <typename T>
@@ -114,7 +86,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_cpu(const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastcnn_layer_norm_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const at::Tensor w = affine_vector(weight, x), b = affine_vector(bias, x);
+    const at::Tensor w = norm::parameter_vector(weight, x.scalar_type()),
+                     b = norm::parameter_vector(bias, x.scalar_type());
     const scalar_t* wp = w.defined() ? w.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* mp = mean.mutable_data_ptr<scalar_t>();
@@ -123,8 +96,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_cpu(const at::Tensor& 
     if (s.channels_inner()) {
       at::parallel_for(0, s.outer, std::max<int64_t>(1, kGrain / C), [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
-          double m, rs;
-          row_statistics(xp + r * C, C, eps, &m, &rs);
+          double m, m2;
+          cpu::run_moments(xp + r * C, C, &m, &m2);
+          const double rs = stats::inverse_std(m2 / static_cast<double>(C), eps);
           mp[r] = static_cast<scalar_t>(m);
           rp[r] = static_cast<scalar_t>(rs);
           normalize_row(xp + r * C, yp + r * C, C, static_cast<scalar_t>(m), static_cast<scalar_t>(rs), wp,
@@ -243,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     scalar_t* gxp = output_mask[0] ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
-    const at::Tensor w = affine_vector(weight, x);
+    const at::Tensor w = norm::parameter_vector(weight, x.scalar_type());
     const scalar_t* wp = w.defined() ? w.const_data_ptr<scalar_t>() : nullptr;
     const double* mp = mean_d.const_data_ptr<double>();
     const double* rp = rstd_d.const_data_ptr<double>();
@@ -281,8 +255,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
     }
   }
   const auto stats_options = input.options().dtype(ln::stats_dtype(input));
-  return {grad_input, channel_tensor(gw, output_mask[1], stats_options),
-          channel_tensor(gb, output_mask[2], stats_options)};
+  return {grad_input, output_mask[1] ? cpu::channel_tensor(gw, stats_options) : mean.new_empty({0}),
+          output_mask[2] ? cpu::channel_tensor(gb, stats_options) : mean.new_empty({0})};
 }
 
 }  // namespace

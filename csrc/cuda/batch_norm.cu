@@ -87,16 +87,6 @@ __global__ void normalize_kernel(const T* __restrict__ x, T* __restrict__ y, int
   }
 }
 
-// A [C] vector in the accumulation type (weight, bias), or an undefined tensor when absent.
-at::Tensor acc_vector(const std::optional<at::Tensor>& t, at::ScalarType acc) {
-  return bn::given(t) ? t->to(acc).contiguous() : at::Tensor();
-}
-
-template <typename acc_t>
-const acc_t* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
@@ -117,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
     mean = running_mean->to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
     var = running_var->to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
   }
-  const at::Tensor w = acc_vector(weight, acc), b = acc_vector(bias, acc);
+  const at::Tensor w = norm::parameter_vector(weight, acc), b = norm::parameter_vector(bias, acc);
   const cudaStream_t stream = cuda::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcnn_batch_norm_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -143,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
     launch_kernel<forward_coefficients_kernel<scalar_t, acc_t>>(
         dim3(cuda::grid_for(s.channels)), dim3(cuda::kBlockThreads), 0, stream, x.const_data_ptr<scalar_t>(),
         s.inner, training ? reinterpret_cast<const bn::Moments<acc_t>*>(partials.const_data_ptr()) : nullptr,
-        g.splits, s.channels, eps, data_or_null<acc_t>(w), data_or_null<acc_t>(b),
+        g.splits, s.channels, eps, norm::data_or_null<acc_t>(w), norm::data_or_null<acc_t>(b),
         mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>(), affine_ptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     with_activation(act, [&](auto tag) {
@@ -228,7 +218,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
   // Identity's backward ignores the output: x stands in for it when there is no activation.
   const at::Tensor y = act != Activation::None ? bn::dense_input(*output, s) : x;
   const at::ScalarType acc = bn::stats_dtype(input);
-  const at::Tensor w = acc_vector(weight, acc);
+  const at::Tensor w = norm::parameter_vector(weight, acc);
   const at::Tensor mean_c = mean.contiguous(), var_c = var.contiguous();
   at::Tensor grad_input = output_mask[0] ? at::empty_like(x, s.format) : input.new_empty({0});
   at::Tensor grad_weight = at::empty({output_mask[1] ? s.channels : 0}, mean.options());
@@ -262,8 +252,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
         // on the generic lambda's parameter when it is named there only as a template argument.
         launch_kernel<backward_coefficients_kernel<acc_t>>(
             dim3(cuda::grid_for(s.channels)), dim3(cuda::kBlockThreads), 0, stream, partial_ptr, rg.splits,
-            s.channels, s.count, training, eps, data_or_null<acc_t>(w), mp, var_c.const_data_ptr<acc_t>(),
-            output_mask[1] ? grad_weight.mutable_data_ptr<acc_t>() : nullptr,
+            s.channels, s.count, training, eps, norm::data_or_null<acc_t>(w), mp,
+            var_c.const_data_ptr<acc_t>(), output_mask[1] ? grad_weight.mutable_data_ptr<acc_t>() : nullptr,
             output_mask[2] ? grad_bias.mutable_data_ptr<acc_t>() : nullptr,
             output_mask[0] ? coefficient_ptr : nullptr);
         C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -113,15 +113,6 @@ __global__ void plane_forward_kernel(const T* __restrict__ x, T* __restrict__ y,
   }
 }
 
-at::Tensor acc_vector(const std::optional<at::Tensor>& t, at::ScalarType acc) {
-  return t.has_value() && t->defined() ? t->reshape({-1}).to(acc).contiguous() : at::Tensor();
-}
-
-template <typename acc_t>
-const acc_t* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_cuda(const at::Tensor& input, int64_t dim,
                                                                at::IntArrayRef normalized_shape,
                                                                const std::optional<at::Tensor>& weight,
@@ -136,20 +127,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_cuda(const at::Tensor&
   const at::ScalarType acc = ln::stats_dtype(input);
   at::Tensor mean = at::empty({s.groups()}, input.options().dtype(acc));
   at::Tensor rstd = at::empty({s.groups()}, input.options().dtype(acc));
-  const at::Tensor w = acc_vector(weight, acc), b = acc_vector(bias, acc);
+  const at::Tensor w = norm::parameter_vector(weight, acc), b = norm::parameter_vector(bias, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcnn_layer_norm_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (s.channels_inner()) {
       launch_kernel<row_forward_kernel<scalar_t, acc_t>>(
           dim3(cuda::grid_for(s.outer * kWarpSize)), dim3(cuda::kBlockThreads), 0, cuda::current_stream(),
           x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), s.outer, s.channels, eps,
-          data_or_null<acc_t>(w), data_or_null<acc_t>(b), mean.mutable_data_ptr<acc_t>(),
+          norm::data_or_null<acc_t>(w), norm::data_or_null<acc_t>(b), mean.mutable_data_ptr<acc_t>(),
           rstd.mutable_data_ptr<acc_t>());
     } else {
       launch_kernel<plane_forward_kernel<scalar_t, acc_t>>(
           dim3(cuda::grid_for(s.groups())), dim3(cuda::kBlockThreads), 0, cuda::current_stream(),
           x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), s.outer, s.channels, s.inner, eps,
-          data_or_null<acc_t>(w), data_or_null<acc_t>(b), mean.mutable_data_ptr<acc_t>(),
+          norm::data_or_null<acc_t>(w), norm::data_or_null<acc_t>(b), mean.mutable_data_ptr<acc_t>(),
           rstd.mutable_data_ptr<acc_t>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -257,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cuda(
   const at::Tensor x = input.contiguous(s.format);
   const at::Tensor g = grad_output.contiguous(s.format);
   const at::ScalarType acc = ln::stats_dtype(input);
-  const at::Tensor w = acc_vector(weight, acc);
+  const at::Tensor w = norm::parameter_vector(weight, acc);
   const at::Tensor mean_c = mean.contiguous(), rstd_c = rstd.contiguous();
   at::Tensor grad_input = output_mask[0] ? at::empty_like(x, s.format) : input.new_empty({0});
   at::Tensor grad_weight = at::empty({output_mask[1] ? s.channels : 0}, mean.options());
@@ -275,11 +266,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cuda(
           if (s.channels_inner()) {
             launch_kernel<row_backward_kernel<scalar_t, acc_t>>(
                 dim3(cuda::grid_for(s.outer * kWarpSize)), dim3(cuda::kBlockThreads), 0, stream, gp, xp, gxp,
-                s.outer, s.channels, data_or_null<acc_t>(w), mp, rp);
+                s.outer, s.channels, norm::data_or_null<acc_t>(w), mp, rp);
           } else {
             launch_kernel<plane_backward_kernel<scalar_t, acc_t>>(
                 dim3(cuda::grid_for(s.groups())), dim3(cuda::kBlockThreads), 0, stream, gp, xp, gxp, s.outer,
-                s.channels, s.inner, data_or_null<acc_t>(w), mp, rp);
+                s.channels, s.inner, norm::data_or_null<acc_t>(w), mp, rp);
           }
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
