@@ -2,8 +2,10 @@
 // CUDA kernels in csrc/cuda/<op>.cu, autograd and fake (meta) kernels in fastcnn/ops.py.
 //
 // `activation` is an int code shared by every fused epilogue, from the table in common/activation.h
-// (0 none, then one code per activation); each activation in that table also gets its standalone op. Backward ops return a zero-element tensor for each gradient whose
-// output_mask entry is false, so that every schema returns plain Tensors.
+// (0 none, then one code per activation; a parametrised one, leaky_relu, carries its parameter in the
+// high bits); each activation in that table also gets its standalone op. Backward ops return a
+// zero-element tensor for each gradient whose output_mask entry is false, so that every schema returns
+// plain Tensors.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -48,11 +50,16 @@ TORCH_LIBRARY(fastcnn, m) {
   m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
   m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
 #define FASTCNN_DEFINE_ACTIVATION_OP(Enum, code, op, Functor) m.def(#op "(Tensor input) -> Tensor");
-  FASTCNN_ACTIVATIONS(FASTCNN_DEFINE_ACTIVATION_OP)
+  FASTCNN_PLAIN_ACTIVATIONS(FASTCNN_DEFINE_ACTIVATION_OP)
+#undef FASTCNN_DEFINE_ACTIVATION_OP
+#define FASTCNN_DEFINE_ACTIVATION_OP(Enum, code, op, Functor)                                         \
+  m.def((std::string(#op "(Tensor input, float ") + fastcnn::Functor::kParameterName + ") -> Tensor") \
+            .c_str());
+  FASTCNN_PARAMETRISED_ACTIVATIONS(FASTCNN_DEFINE_ACTIVATION_OP)
 #undef FASTCNN_DEFINE_ACTIVATION_OP
   m.def("add(Tensor input, Tensor other, int activation) -> Tensor");
-  // `saved` is what the activation's derivative is written in: its output for relu, sigmoid, tanh and
-  // relu6, its input for silu, hardswish, hardsigmoid and gelu (kGradFromOutput in common/activation.h).
+  // `saved` is what the activation's derivative is written in: its output for relu, sigmoid, tanh, relu6
+  // and leaky_relu with a slope >= 0, its input for the others (grad_from_output in common/activation.h).
   m.def("activation_backward(Tensor grad_output, Tensor saved, int activation) -> Tensor");
   // batch_norm returns (output, mean, var): the batch's statistics (var biased) when training, else copies
   // of the running ones, in float32 (float64 for float64 input); the running statistics are updated by

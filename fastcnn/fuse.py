@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import operator
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,6 +48,25 @@ _ACTIVATION_FUNCTIONS: dict[object, str] = {
 _ACTIVATION_METHODS: dict[str, str] = {
     method: name for name, act in ops.ACTIVATIONS.items() for method in act.methods
 }
+
+
+def _function_activation(act: ops.Activation, args: tuple, kwargs: dict) -> str | None:
+    """The ``activation=`` of a call ``fn(x, *args, **kwargs)`` of one of act's functions: the plain ones
+    take only ``inplace``; a parametrised one (F.leaky_relu) its parameter and then ``inplace``. None when
+    the call passes anything else (or a parameter that is not a number)."""
+    kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
+    if act.parameter_name is None:
+        return act.name if not kwargs and len(args) <= 1 else None
+    positional = list(args)
+    value = positional.pop(0) if positional else act.default_parameter
+    value = kwargs.pop(act.parameter_name, value)
+    if kwargs or len(positional) > 1 or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value):
+        return None
+    return act.with_parameter(value).spec
+
+
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _ADD_METHODS = ("add", "add_")
 
@@ -174,8 +194,8 @@ class _FxFuser:
         if node.op == "call_module":
             return _module_activation(self.modules[node.target])
         if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
-            extra = {k: v for k, v in node.kwargs.items() if k != "inplace"}
-            return _ACTIVATION_FUNCTIONS[node.target] if not extra and len(node.args) <= 2 else None
+            act = ops.ACTIVATIONS[_ACTIVATION_FUNCTIONS[node.target]]
+            return _function_activation(act, node.args[1:], node.kwargs)
         if node.op == "call_method" and node.target in _ACTIVATION_METHODS:
             return _ACTIVATION_METHODS[node.target] if len(node.args) == 1 and not node.kwargs else None
         return None

@@ -36,8 +36,8 @@ __all__ = [
 class Conv2d(nn.Conv2d):
     """:class:`torch.nn.Conv2d` on fastcnn kernels, with an optional fused activation.
 
-    Extra argument ``activation`` (None or a name in :data:`fastcnn.ops.ACTIVATIONS`) is applied in the
-    conv's epilogue.
+    Extra argument ``activation`` (None, a name in :data:`fastcnn.ops.ACTIVATIONS`, or one with its
+    parameter such as ``"leaky_relu(0.1)"``) is applied in the conv's epilogue.
     ``forward(x, residual=None)`` also takes a residual added before the activation. padding_mode
     "zeros" is native; "reflect", "replicate" and "circular" pad the input first, as torch.nn does.
     """
@@ -236,8 +236,17 @@ class GELU(nn.GELU):
         return ops.gelu(input, approximate=self.approximate)
 
 
-# torch.nn classes that stand for several registry rows (told apart by an attribute) get a written class.
-_SHARED_MODULES: dict[type[nn.Module], type[nn.Module]] = {nn.GELU: GELU}
+class LeakyReLU(nn.LeakyReLU):
+    """:class:`torch.nn.LeakyReLU` on fastcnn kernels, with its ``negative_slope``. ``inplace=True`` is
+    accepted but the output is always a new tensor (the input is left untouched)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return ops.leaky_relu(input, self.negative_slope)
+
+
+# torch.nn classes that stand for several registry rows (told apart by an attribute), or whose row has a
+# parameter, get a written class.
+_SHARED_MODULES: dict[type[nn.Module], type[nn.Module]] = {nn.GELU: GELU, nn.LeakyReLU: LeakyReLU}
 
 #: The fastcnn.nn module of each activation in :data:`fastcnn.ops.ACTIVATIONS`, by activation name
 #: (``ACTIVATION_MODULES["relu"] is fastcnn.nn.ReLU``; "gelu" and "gelu_tanh" share ``GELU``); each is
@@ -254,11 +263,12 @@ __all__ += sorted({cls.__name__ for cls in ACTIVATION_MODULES.values()})
 
 
 def activation_of(module: nn.Module | None) -> str | None:
-    """The name in :data:`fastcnn.ops.ACTIVATIONS` of the activation a torch.nn or fastcnn.nn activation
-    module applies (``nn.GELU(approximate="tanh")`` -> "gelu_tanh"), or None for any other module."""
+    """What the fused layers' ``activation=`` takes for the activation a torch.nn or fastcnn.nn activation
+    module applies (``nn.GELU(approximate="tanh")`` -> "gelu_tanh", ``nn.LeakyReLU(0.2)`` ->
+    "leaky_relu(0.2)"), or None for any other module."""
     for name, act in ops.ACTIVATIONS.items():
         if act.module is not None and act.matches_module(module, ACTIVATION_MODULES.get(name)):
-            return name
+            return act.of_module(module).spec
     return None
 
 

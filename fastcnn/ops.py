@@ -6,8 +6,9 @@ through fastcnn's backward kernels (registered with ``torch.library.register_aut
 
 The conv, linear, batch-norm and add ops take a fused epilogue: ``activation`` (a name in
 :data:`ACTIVATIONS`: "relu", "sigmoid", "tanh", "relu6", "silu", "hardswish", "hardsigmoid", "gelu",
-"gelu_tanh", or None) and, for conv2d, a ``residual`` tensor added before the activation, all applied in
-the pass that writes the output. The activations differentiated through their input (silu, hardswish,
+"gelu_tanh", "leaky_relu", or None; "leaky_relu(0.2)" gives leaky_relu its ``negative_slope``, 0.01 by
+default) and, for conv2d, a ``residual`` tensor added before the activation, all applied in the pass
+that writes the output. The activations differentiated through their input (silu, hardswish,
 hardsigmoid, gelu, gelu_tanh) need the pre-activation for backward, which a fused pass does not keep:
 when autograd will differentiate the call, the op runs as the layer without activation followed by the
 activation's own op; without autograd (inference, ``torch.no_grad()``) it is one fused pass.
@@ -22,6 +23,8 @@ benchmarks compare with: adding an activation on the Python side is adding its r
 from __future__ import annotations
 
 import math
+import re
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -45,6 +48,7 @@ __all__ = [
     "conv2d",
     "layer_norm",
     "layer_norm2d",
+    "leaky_relu",
     "linear",
     "max_pool2d",
     "resolve_activation",
@@ -73,7 +77,8 @@ class Activation:
 
     #: The name the fused ops' ``activation=`` takes, and of its elementwise op ``fastcnn::<name>``.
     name: str
-    #: The C++ kernels' code (the X-macro table of csrc/ fixes it; 0 is no activation).
+    #: The C++ kernels' code (the X-macro table of csrc/ fixes it; 0 is no activation). A parametrised
+    #: activation's code also carries its parameter, in the high 56 bits.
     code: int
     #: The docstring's first sentence for the generated op and module.
     doc: str
@@ -95,12 +100,45 @@ class Activation:
     grad_from_output: bool = True
     #: Attributes a ``module`` instance must have to be this activation (nn.GELU's ``approximate``).
     module_attrs: tuple[tuple[str, object], ...] = ()
+    #: A parametrised activation's parameter: its name (torch's argument and module attribute,
+    #: "negative_slope"), this configuration's value and the default; None for the plain ones.
+    parameter_name: str | None = None
+    parameter: float | None = None
+    default_parameter: float | None = None
+    #: Builds the configuration with another parameter value (parametrised activations only).
+    factory: Callable[[float], Activation] | None = None
+
+    @property
+    def spec(self) -> str:
+        """What ``activation=`` takes for this configuration: the name, with the parameter in
+        parentheses where it is not the default (``"leaky_relu(0.2)"``)."""
+        if self.parameter is None or self.parameter == self.default_parameter:
+            return self.name
+        return f"{self.name}({self.parameter!r})"
+
+    def with_parameter(self, value: float) -> Activation:
+        """This activation configured with ``value`` (its ``parameter_name``); ValueError for a plain
+        activation or a value that is not a finite number."""
+        if self.factory is None:
+            raise ValueError(f"activation {self.name!r} takes no parameter")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{self.name}'s {self.parameter_name} must be a finite number, got {value!r}")
+        try:
+            return self.factory(float(value))
+        except ValueError as exc:
+            raise ValueError(f"{self.name}'s {self.parameter_name} {exc}") from None
 
     def matches_module(self, module: nn.Module, fastcnn_class: type[nn.Module] | None = None) -> bool:
         """Whether ``module`` (an instance of ``module`` or of its fastcnn.nn class) is this activation."""
         return type(module) in (self.module, fastcnn_class) and all(
             getattr(module, k, None) == v for k, v in self.module_attrs
         )
+
+    def of_module(self, module: nn.Module) -> Activation:
+        """The configuration a matching module applies (its parameter attribute, for leaky_relu)."""
+        if self.parameter_name is None:
+            return self
+        return self.with_parameter(getattr(module, self.parameter_name))
 
 
 def _identity(t: Tensor) -> Tensor:
@@ -111,6 +149,56 @@ def _gelu_tanh_derivative(x: Tensor) -> Tensor:
     beta, kappa = (2 / torch.pi) ** 0.5, 0.044715
     t = torch.tanh(beta * (x + kappa * x**3))
     return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * beta * (1 + 3 * kappa * x * x)
+
+
+_KIND_BITS = 5
+_EXPONENT_BITS = 6
+_MANTISSA_MASK = (1 << 52) - 1
+
+
+def _packed_code(kind: int, parameter: float) -> int:
+    """A parametrised activation's kernel code, which carries its float64 parameter exactly: the row's code
+    in the low 5 bits, then the parameter's unbiased exponent + 32 in 6 bits (0 for a zero), its 52
+    mantissa bits and its sign in the top bit, as a signed int64 (common/activation.h decodes it). Only
+    zero and magnitudes in [2**-31, 2**32) fit; ValueError otherwise."""
+    if parameter != 0 and not (2.0**-31 <= abs(parameter) < 2.0**32):
+        raise ValueError(f"must be 0 or of magnitude in [2**-31, 2**32), got {parameter!r}")
+    (bits,) = struct.unpack("<Q", struct.pack("<d", parameter))
+    exponent = 0 if parameter == 0 else ((bits >> 52) & 0x7FF) - 1023 + 32
+    code = (bits & (1 << 63)) | ((bits & _MANTISSA_MASK) << (_KIND_BITS + _EXPONENT_BITS))
+    code |= (exponent << _KIND_BITS) | kind
+    return code - (1 << 64) if code >> 63 else code
+
+
+def _leaky_relu(negative_slope: float) -> Activation:
+    """The leaky_relu row configured with ``negative_slope``. A slope >= 0 keeps the input's sign, so the
+    derivative is read from the output as relu's is; a negative slope is differentiated through the input."""
+
+    def reference(x: Tensor) -> Tensor:
+        return F.leaky_relu(x, negative_slope)
+
+    def derivative(s: Tensor) -> Tensor:
+        return torch.where(s > 0, torch.ones_like(s), torch.full_like(s, negative_slope))
+
+    def reference_backward(grad_output: Tensor, saved: Tensor) -> Tensor:
+        return _aten.leaky_relu_backward(grad_output, saved, negative_slope, negative_slope >= 0)
+
+    return Activation(
+        name="leaky_relu",
+        code=_packed_code(10, negative_slope),
+        doc="Leaky ReLU, ``x if x > 0 else negative_slope * x``.",
+        reference=reference,
+        derivative=derivative,
+        reference_backward=reference_backward,
+        module=nn.LeakyReLU,
+        functions=(F.leaky_relu, F.leaky_relu_),
+        inplace_arg=True,
+        grad_from_output=negative_slope >= 0,
+        parameter_name="negative_slope",
+        parameter=negative_slope,
+        default_parameter=0.01,
+        factory=_leaky_relu,
+    )
 
 
 #: No activation: the code and identity the fused ops use for ``activation=None`` (or "none").
@@ -247,26 +335,63 @@ ACTIVATIONS: Mapping[str, Activation] = MappingProxyType(
                 grad_from_output=False,
                 module_attrs=(("approximate", "tanh"),),
             ),
+            _leaky_relu(0.01),
         )
     }
 )
 
 
-def resolve_activation(name: str | None) -> Activation:
-    """The registry row of an activation name (any case; None or "none": :data:`NO_ACTIVATION`);
-    raises ValueError naming the accepted names."""
-    if isinstance(name, str):
-        name = name.lower()
-    if name is None or name == NO_ACTIVATION.name:
+_CONFIGURED = re.compile(r"^\s*(\w+)\s*\(\s*(?:(\w+)\s*=\s*)?([^()]*?)\s*\)\s*$")
+
+
+def resolve_activation(name: str | Activation | None) -> Activation:
+    """The registry row of an activation name (any case; None or "none": :data:`NO_ACTIVATION`), or of a
+    parametrised one with its parameter: ``"leaky_relu(0.2)"`` or ``"leaky_relu(negative_slope=0.2)"``.
+    An :class:`Activation` is returned as it is. Raises ValueError naming the accepted names."""
+    if isinstance(name, Activation):
+        return name
+    if name is None:
         return NO_ACTIVATION
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
+    if not isinstance(name, str):
         accepted = ", ".join(["None", *map(repr, ACTIVATIONS)])
-        raise ValueError(f"activation must be one of {accepted}; got {name!r}") from None
+        raise ValueError(f"activation must be one of {accepted}; got {name!r}")
+    act = _RESOLVED.get(name)
+    if act is None:
+        act = _resolve_name(name)
+        # Every fused op call resolves its activation= string: remember it (outside compiled code, where
+        # writing a global would be a side effect to trace).
+        if len(_RESOLVED) < 1024 and not torch.compiler.is_compiling():
+            _RESOLVED[name] = act
+    return act
 
 
-def activation_code(activation: str | None) -> int:
+_RESOLVED: dict[str, Activation] = {}
+
+
+def _resolve_name(name: str) -> Activation:
+    name = name.lower()
+    if name == NO_ACTIVATION.name:
+        return NO_ACTIVATION
+    configured = _CONFIGURED.match(name)
+    row = ACTIVATIONS.get(configured.group(1) if configured else name)
+    if row is None:
+        accepted = ", ".join(["None", *map(repr, ACTIVATIONS)])
+        raise ValueError(f"activation must be one of {accepted}; got {name!r}")
+    if configured is None:
+        return row
+    if row.parameter_name is None:
+        raise ValueError(f"activation {row.name!r} takes no parameter; got {name!r}")
+    keyword, value = configured.group(2), configured.group(3)
+    if keyword is not None and keyword != row.parameter_name:
+        raise ValueError(f"{row.name}'s parameter is {row.parameter_name}; got {name!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{row.name}'s {row.parameter_name} must be a finite number; got {name!r}") from None
+    return row.with_parameter(number)
+
+
+def activation_code(activation: str | Activation | None) -> int:
     """The kernel code of an activation name; raises ValueError naming the accepted names."""
     return resolve_activation(activation).code
 
@@ -282,7 +407,8 @@ def _separate_activation(act: Activation, *operands: Tensor | None) -> bool:
 
 
 def _apply_activation(act: Activation, out: Tensor) -> Tensor:
-    return getattr(_ops, act.name)(out)
+    op = getattr(_ops, act.name)
+    return op(out) if act.parameter is None else op(out, act.parameter)
 
 
 def _pair(value: IntPair, name: str) -> list[int]:
@@ -963,9 +1089,11 @@ def _elementwise_op(act: Activation) -> Callable[..., Tensor]:
 
 
 # Generated so that a registry row is all an activation needs; public like any function of this module.
+# The parametrised ones (leaky_relu) are written out below, with their parameter.
 for _act in ACTIVATIONS.values():
-    globals()[_act.name] = _elementwise_op(_act)
-__all__ += list(ACTIVATIONS)
+    if _act.parameter_name is None:
+        globals()[_act.name] = _elementwise_op(_act)
+__all__ += [name for name in ACTIVATIONS if name not in __all__]
 
 
 def gelu(input: Tensor, approximate: str = "none") -> Tensor:  # noqa: F811 - replaces the generated op
@@ -977,6 +1105,15 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:  # noqa: F811 - re
     if approximate == "tanh":
         return _ops.gelu_tanh(input)
     raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    """Leaky ReLU, as :func:`torch.nn.functional.leaky_relu`: ``x if x > 0 else negative_slope * x``
+    (any finite slope, negative included). ``inplace`` is accepted for torch.nn.functional compatibility;
+    fastcnn always writes a new tensor."""
+    _check_tensor(input, "input")
+    act = ACTIVATIONS["leaky_relu"].with_parameter(negative_slope)
+    return _ops.leaky_relu(input, act.parameter)
 
 
 def add(input: Tensor, other: Tensor, *, activation: str | None = None) -> Tensor:
@@ -993,7 +1130,7 @@ def add(input: Tensor, other: Tensor, *, activation: str | None = None) -> Tenso
     return _ops.add(input, other, act.code)
 
 
-def _elementwise_fake(input):
+def _elementwise_fake(input, *parameter):
     return _empty_like_format(input, input.shape)
 
 
@@ -1025,8 +1162,35 @@ def _activation_autograd(code: int):
     return backward
 
 
+def _parametrised_setup_context(ctx, inputs, output):
+    # The parameter decides the saved tensor (leaky_relu: the output for a slope >= 0, else the input).
+    act = ACTIVATIONS[ctx.name].with_parameter(inputs[1])
+    ctx.code = act.code
+    ctx.save_for_backward(output if act.grad_from_output else inputs[0])
+
+
+def _parametrised_backward(ctx, grad_output):
+    (saved,) = ctx.saved_tensors
+    return _ops.activation_backward(grad_output, saved, ctx.code), None
+
+
+def _parametrised_autograd(name: str):
+    def setup_context(ctx, inputs, output):
+        ctx.name = name
+        _parametrised_setup_context(ctx, inputs, output)
+
+    return setup_context
+
+
 for _act in ACTIVATIONS.values():
     torch.library.register_fake(f"fastcnn::{_act.name}", _elementwise_fake)
+    if _act.parameter_name is not None:
+        torch.library.register_autograd(
+            f"fastcnn::{_act.name}",
+            _parametrised_backward,
+            setup_context=_parametrised_autograd(_act.name),
+        )
+        continue
     torch.library.register_autograd(
         f"fastcnn::{_act.name}",
         _activation_autograd(_act.code),

@@ -127,12 +127,29 @@ DEVICES = ["cpu"] if EMULATED else ["cpu", pytest.param("cuda", marks=pytest.mar
 TOL = TOLERANCES
 
 #: Every activation of fastcnn's registry, and None (no activation): what the fused ops' activation= takes.
-ACTIVATIONS = [None, *ops.ACTIVATIONS]
+#: leaky_relu runs with its default slope (derivative read from the output) and with a negative one
+#: (differentiated through its input, like silu).
+ACTIVATIONS = [None, *ops.ACTIVATIONS, "leaky_relu(-0.5)"]
 #: PyTorch's op for each activation; the kernel code of each.
 TORCH_ACT = {name: ops.resolve_activation(name).reference for name in ACTIVATIONS}
 CODE = {name: ops.activation_code(name) for name in ACTIVATIONS}
-#: A code no kernel accepts, one past the table.
-INVALID_ACTIVATION_CODE = max(CODE.values()) + 1
+#: A code no kernel accepts, one past the table (the low 5 bits of each code).
+INVALID_ACTIVATION_CODE = max(code & 0x1F for code in CODE.values()) + 1
+
+
+def activation_op(name):
+    """fastcnn's own elementwise op of an activation (a registry name or a configured one such as
+    "leaky_relu(-0.5)"), as ``op(x)``."""
+    act = ops.resolve_activation(name)
+    op = getattr(ops, act.name)
+    return op if act.parameter is None else lambda x: op(x, act.parameter)
+
+
+def raw_activation_args(name, x):
+    """The arguments of ``torch.ops.fastcnn.<name>`` for input x: the parameter too where it has one."""
+    act = ops.resolve_activation(name)
+    return (x,) if act.parameter is None else (x, act.parameter)
+
 
 # --------------------------------------------------------------------------------------------------------
 # tensors
@@ -199,9 +216,14 @@ def assert_memory_format(out, input):
 
 
 def relative_error(out, ref):
-    """||out - ref|| / ||ref|| in float64 (0 when both are all zero)."""
-    diff = torch.linalg.vector_norm((out.double() - ref.double()).flatten())
-    scale = torch.linalg.vector_norm(ref.double().flatten())
+    """||out - ref|| / ||ref|| in float64 (0 when both are all zero). Both are scaled by max |ref| first,
+    so that squares of values near float64's range do not overflow the norms."""
+    out, ref = out.double().flatten(), ref.double().flatten()
+    top = ref.abs().max().item() if ref.numel() else 0.0
+    if 0 < top < float("inf"):
+        out, ref = out / top, ref / top
+    diff = torch.linalg.vector_norm(out - ref)
+    scale = torch.linalg.vector_norm(ref)
     if scale == 0:
         return diff.item()
     return (diff / scale).item()

@@ -15,18 +15,23 @@ from conftest import (
     INVALID_ACTIVATION_CODE,
     TOL,
     TORCH_ACT,
+    activation_op,
     assert_close,
     assert_grads_close,
     assert_memory_format,
     kernel_act_prime,
     make_tensor,
+    raw_activation_args,
     reference_copy,
 )
 
 from fastcnn import ops
 
-#: Each activation's own elementwise op, and PyTorch's.
-UNARY = {name: (getattr(ops, name), act.reference) for name, act in ops.ACTIVATIONS.items()}
+#: Each activation's own elementwise op, and PyTorch's (leaky_relu with its default and other slopes).
+UNARY = {
+    name: (activation_op(name), ops.resolve_activation(name).reference)
+    for name in [*ACTIVATIONS[1:], "leaky_relu(0.2)", "leaky_relu(0)"]
+}
 
 # (shape, channels_last, strided)
 LAYOUTS = [
@@ -165,12 +170,20 @@ def test_fp32_sigmoid_tanh_accuracy_over_the_whole_range(name, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "name,kinks",
-    [("relu", [0.0]), ("relu6", [0.0, 6.0]), ("hardswish", [-3.0, 3.0]), ("hardsigmoid", [-3.0, 3.0])],
+    [
+        ("relu", [0.0]),
+        ("relu6", [0.0, 6.0]),
+        ("hardswish", [-3.0, 3.0]),
+        ("hardsigmoid", [-3.0, 3.0]),
+        ("leaky_relu", [0.0]),
+        ("leaky_relu(-0.5)", [0.0]),
+        ("leaky_relu(0)", [0.0]),
+    ],
     ids=lambda v: str(v),
 )
 def test_gradient_at_the_kinks_matches_torch(name, kinks, device):
     """At and around each kink the gradient is PyTorch's exactly (relu/relu6: 0 at the kink itself;
-    hardswish: 0 at -3 and 1 at 3; hardsigmoid: 0 at both)."""
+    hardswish: 0 at -3 and 1 at 3; hardsigmoid: 0 at both; leaky_relu: its slope at 0)."""
     points = [k + d for k in kinks for d in (-1e-3, 0.0, 1e-3)]
     x = torch.tensor(points, dtype=torch.float64, device=device, requires_grad=True)
     ours, theirs = UNARY[name]
@@ -178,6 +191,47 @@ def test_gradient_at_the_kinks_matches_torch(name, kinks, device):
     xr = x.detach().clone().requires_grad_()
     theirs(xr).backward(torch.ones_like(xr))
     assert torch.equal(x.grad, xr.grad), f"{name}: {x.grad.tolist()} vs {xr.grad.tolist()}"
+
+
+def test_activation_specs():
+    """A parametrised activation is named with its parameter; the name round-trips through
+    resolve_activation and the default slope is the bare name."""
+    leaky = ops.resolve_activation("leaky_relu")
+    assert leaky.parameter == 0.01 and leaky.spec == "leaky_relu" and leaky.grad_from_output
+    for spec in ("leaky_relu(0.2)", "LEAKY_RELU(negative_slope=0.2)", " leaky_relu( 0.2 ) "):
+        act = ops.resolve_activation(spec)
+        assert (act.name, act.parameter, act.spec) == ("leaky_relu", 0.2, "leaky_relu(0.2)")
+        assert act.grad_from_output
+    negative = ops.resolve_activation("leaky_relu(-1e-3)")
+    assert negative.parameter == -1e-3 and not negative.grad_from_output
+    assert ops.resolve_activation(negative.spec).code == negative.code
+    assert ops.resolve_activation("leaky_relu(0.01)").spec == "leaky_relu"
+    # Different slopes are different kernel codes; the row's code is the low 5 bits of each.
+    codes = {ops.activation_code(f"leaky_relu({s})") for s in (0.01, 0.2, -0.2, 0.0, 3.0)}
+    assert len(codes) == 5 and {c & 0x1F for c in codes} == {ACTIVATION_ROW_CODE["leaky_relu"]}
+
+
+ACTIVATION_ROW_CODE = {name: act.code & 0x1F for name, act in ops.ACTIVATIONS.items()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("slope", [0.1, 1 / 3, -2.7, 2.0**-31, 0.0, -0.0, 4e9])
+def test_leaky_relu_slope_travels_exactly(slope, device):
+    """The slope travels bit for bit in the kernel code, so results are PyTorch's to the last bit in
+    float64 and float32, standalone and fused, gradients included."""
+    x = torch.cat([-torch.rand(500, dtype=torch.float64) - 0.5, torch.rand(500, dtype=torch.float64)])
+    x = x.to(device).requires_grad_()
+    xr = x.detach().clone().requires_grad_()
+    out, ref = ops.leaky_relu(x, slope), F.leaky_relu(xr, slope)
+    assert torch.equal(out, ref) and torch.equal(torch.signbit(out), torch.signbit(ref))
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    assert torch.equal(x.grad, xr.grad)
+    fused = ops.add(x.detach(), torch.zeros_like(x), activation=f"leaky_relu({slope!r})")
+    assert torch.equal(fused, ref.detach())
+    x32 = x.detach().float()
+    assert torch.equal(ops.leaky_relu(x32, slope), F.leaky_relu(x32, slope))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -208,9 +262,9 @@ def test_add_gradcheck(activation, device):
 def test_elementwise_opcheck(device):
     for layout in (LAYOUTS[0], LAYOUTS[1], LAYOUTS[4]):
         for name in UNARY:
-            torch.library.opcheck(
-                getattr(torch.ops.fastcnn, name).default, (_make(layout, torch.float64, device),)
-            )
+            op = getattr(torch.ops.fastcnn, ops.resolve_activation(name).name)
+            x = _make(layout, torch.float64, device)
+            torch.library.opcheck(op.default, raw_activation_args(name, x))
         for code in CODE.values():
             args = (_make(layout, torch.float64, device), _make(layout, torch.float64, device), code)
             torch.library.opcheck(torch.ops.fastcnn.add.default, args)
@@ -229,6 +283,44 @@ BAD = [
     ("tanh-int-direct", lambda: torch.ops.fastcnn.tanh(_t(2, 3).long()), r"input"),
     ("relu-bf16-direct", lambda: torch.ops.fastcnn.relu(_t(2, 3).bfloat16()), r"input.*float"),
     ("relu-not-tensor", lambda: ops.relu([1.0, 2.0]), r"input"),
+    ("leaky-relu-nan-slope", lambda: ops.leaky_relu(_t(2, 3), float("nan")), r"negative_slope"),
+    ("leaky-relu-str-slope", lambda: ops.leaky_relu(_t(2, 3), "0.1"), r"negative_slope"),
+    ("leaky-relu-tiny-slope", lambda: ops.leaky_relu(_t(2, 3), 1e-300), r"negative_slope.*2\*\*-31"),
+    (
+        "leaky-relu-tiny-slope-direct",
+        lambda: torch.ops.fastcnn.leaky_relu(_t(2, 3), 1e-12),
+        r"negative_slope.*2\^-31",
+    ),
+    (
+        "leaky-relu-inf-slope-direct",
+        lambda: torch.ops.fastcnn.leaky_relu(_t(2, 3), float("inf")),
+        r"negative_slope",
+    ),
+    (
+        "leaky-relu-spec-not-a-number",
+        lambda: ops.add(_t(2, 3), _t(2, 3), activation="leaky_relu(abc)"),
+        r"negative_slope",
+    ),
+    (
+        "leaky-relu-spec-keyword",
+        lambda: ops.add(_t(2, 3), _t(2, 3), activation="leaky_relu(alpha=0.1)"),
+        r"negative_slope",
+    ),
+    (
+        "relu-spec-parameter",
+        lambda: ops.add(_t(2, 3), _t(2, 3), activation="relu(0.1)"),
+        r"relu.*no parameter",
+    ),
+    (
+        "relu-code-high-bits-direct",
+        lambda: torch.ops.fastcnn.add(_t(2, 3), _t(2, 3), 1 | (1 << 40)),
+        r"activation",
+    ),
+    (
+        "leaky-relu-code-malformed-zero-direct",  # zero exponent field with mantissa bits set
+        lambda: torch.ops.fastcnn.add(_t(2, 3), _t(2, 3), (1 << 11) | ACTIVATION_ROW_CODE["leaky_relu"]),
+        r"activation",
+    ),
     ("add-int", lambda: ops.add(_t(2, 3).int(), _t(2, 3).int()), r"input"),
     ("add-fp16-cpu", lambda: ops.add(_t(2, 3).half(), _t(2, 3).half()), r"input.*float"),
     ("add-dtype-mismatch", lambda: ops.add(_t(2, 3), _t(2, 3).double()), r"other"),

@@ -447,3 +447,51 @@ def test_fuse_activations_moves_activations_into_batch_norm():
         floor = 1e-3 * max(g.norm().item() for g in ref[2].values())
         for name in ref[2]:
             assert _err(fast[2][name], ref[2][name], floor) < 1e-9, name
+
+
+class _Darknet(nn.Module):
+    """Darknet/YOLO-style blocks (conv, BatchNorm, LeakyReLU(0.1)), a GAN-style LeakyReLU(0.2) after a
+    bias conv, and a negative-slope LeakyReLU before the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(8, 6, 1, bias=False),
+            nn.BatchNorm2d(6),
+            nn.LeakyReLU(),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.LeakyReLU(-0.3), nn.Linear(6 * 8 * 8, 5))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize("fuse_activations", [False, True])
+def test_leaky_relu_models_convert_with_their_slopes(fuse_activations):
+    torch.manual_seed(0)
+    original = _Darknet().double()
+    converted = fastcnn.convert(original, fuse_activations=fuse_activations)
+    report = converted.fastcnn_convert_report
+    assert not report.skipped
+    slopes = [m.negative_slope for m in original.modules() if isinstance(m, nn.LeakyReLU)]
+    assert slopes == [0.1, 0.2, 0.01, -0.3]
+    if fuse_activations:
+        assert converted.features[1].activation == "leaky_relu(0.1)"
+        assert converted.features[6].activation == "leaky_relu"
+        assert type(converted.features[2]) is nn.Identity
+    else:
+        kept = [m for m in converted.modules() if isinstance(m, nn.LeakyReLU)]
+        assert all(type(m) is fnn.LeakyReLU for m in kept)
+        assert [m.negative_slope for m in kept] == slopes
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    for train in (True, False):
+        fast, ref = _run(converted, x, train), _run(original, x, train)
+        assert _err(fast[0][0], ref[0][0]) < 1e-9 and _err(fast[1], ref[1]) < 1e-9
+        assert set(fast[2]) == set(ref[2])
+        for name in ref[2]:
+            assert _err(fast[2][name], ref[2][name]) < 1e-9, name

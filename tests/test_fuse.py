@@ -235,3 +235,36 @@ def test_fused_matches_on_cuda():
         torch32 = model(x)
         fused = fastcnn.fuse(model)(x)
     assert _err(fused, ref64) <= 8 * _err(torch32, ref64) + 1e-5
+
+
+class _LeakyFunctional(nn.Module):
+    """LeakyReLU spelled every way fuse recognises: module, F.leaky_relu with a positional or keyword
+    slope, and one it must leave alone (its slope is a tensor, not a number)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.act1 = nn.LeakyReLU(0.1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 8, 1)
+        self.conv4 = nn.Conv2d(8, 4, 1)
+        self.register_buffer("slope", torch.tensor(0.3))
+
+    def forward(self, x):
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = torch.nn.functional.leaky_relu(self.conv2(x), 0.2)
+        x = torch.nn.functional.leaky_relu(self.conv3(x), negative_slope=-0.5)
+        return self.conv4(x) * self.slope
+
+
+def test_leaky_relu_is_fused_with_its_slope():
+    torch.manual_seed(0)
+    model = _randomize_batchnorm(_LeakyFunctional())
+    fused = _check_fused_matches(model, torch.randn(2, 3, 12, 12))
+    assert fused.fastcnn_fuse_report.method == "fx"
+    assert fused.conv1.activation == "leaky_relu(0.1)"
+    assert fused.conv2.activation == "leaky_relu(0.2)"
+    assert fused.conv3.activation == "leaky_relu(-0.5)"
+    assert fused.conv4.activation is None
+    assert "leaky_relu" not in fused.code

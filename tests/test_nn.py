@@ -40,6 +40,9 @@ MODULE_CASES = [
     ("ReLU", (), dict(inplace=True), (2, 3, 4, 4), False),
     ("Sigmoid", (), dict(), (2, 3, 4, 4), True),
     ("Tanh", (), dict(), (5, 7), False),
+    ("LeakyReLU", (), dict(), (2, 3, 4, 4), True),
+    ("LeakyReLU", (0.2,), dict(inplace=True), (2, 3, 4, 4), False),
+    ("LeakyReLU", (), dict(negative_slope=-1.5), (5, 7), False),
     ("Flatten", (), dict(), (2, 3, 4, 4), False),
 ]
 
@@ -143,7 +146,10 @@ def test_linear_module_activation(activation, device):
     lin = nn.Linear(6, 3).to(device, torch.float64)
     lin.load_state_dict(ours.state_dict(), strict=True)
     row = ops.resolve_activation(activation)
-    act = nn.Identity() if activation is None else row.module(**dict(row.module_attrs))
+    kwargs = dict(row.module_attrs)
+    if row.parameter_name is not None:
+        kwargs[row.parameter_name] = row.parameter
+    act = nn.Identity() if activation is None else row.module(**kwargs)
     ref_module = nn.Sequential(lin, act)
     x = make_tensor((4, 6), device=device, requires_grad=True)
     xr = x.detach().clone().requires_grad_()

@@ -15,6 +15,14 @@
 // under autograd the Python ops run such an epilogue as the layer without activation followed by the
 // activation's own op, which keeps x.
 //
+// Parametrised activations (FASTCNN_PARAMETRISED_ACTIVATIONS: leaky_relu and its negative slope) carry
+// their parameter inside the Activation value, so that the one `int activation` of every schema and
+// kernel parameter block configures them, exactly: the low 5 bits are the row's code, then the
+// parameter's float64 exponent in 6 bits (unbiased exponent + 32, 0 for a zero), its 52 mantissa bits and
+// its sign bit, the float64's own. So every parameter of magnitude in [2^-31, 2^32), or zero, travels
+// bit for bit (fastcnn.ops packs it; others are refused). Their functor holds the parameter
+// (activation_functor) and decides at run time which tensor its derivative reads.
+//
 // Sigmoid and tanh come from the CUDA math library on the GPU and from host_math.h (branch-free, so CPU
 // loops vectorise; within 2.4 ulp of libm) on the CPU and under emulation.
 #pragma once
@@ -24,6 +32,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -199,9 +208,29 @@ struct GELUTanhFunctor {
   }
 };
 
+// leaky_relu = x > 0 ? x : negative_slope * x, PyTorch's formula (NaN stays NaN); its derivative is 1 for
+// x > 0, else negative_slope (at 0 too, as PyTorch's leaky_relu_backward). With a slope >= 0 the output has
+// the input's sign, so the derivative reads either and the fused ops save the output; a negative slope
+// flips the sign and the input is saved instead.
+struct LeakyReLUFunctor {
+  static constexpr const char* kParameterName = "negative_slope";  // its standalone op's argument
+  double negative_slope;
+  C10_HOST_DEVICE bool grad_from_output() const { return negative_slope >= 0; }
+  template <typename T>
+  C10_HOST_DEVICE T forward(T x) const {
+    return x > T(0) ? x : x * static_cast<T>(negative_slope);
+  }
+  template <typename T>
+  C10_HOST_DEVICE T backward(T g, T s) const {
+    return s > T(0) ? g : g * static_cast<T>(negative_slope);
+  }
+};
+
 // X(Enum, code, op name, functor). The code is the `int activation` of every fused op's schema and of
-// fastcnn.ops.ACTIVATIONS; 0 is reserved for no activation (IdentityFunctor).
-#define FASTCNN_ACTIVATIONS(X)                       \
+// fastcnn.ops.ACTIVATIONS; 0 is reserved for no activation (IdentityFunctor). Codes stay below 32 (the
+// low 5 bits of an Activation). The plain rows' standalone ops take the input alone; the parametrised
+// rows' ops take their parameter too, and their functors hold it.
+#define FASTCNN_PLAIN_ACTIVATIONS(X)                 \
   X(ReLU, 1, relu, ReLUFunctor)                      \
   X(Sigmoid, 2, sigmoid, SigmoidFunctor)             \
   X(Tanh, 3, tanh, TanhFunctor)                      \
@@ -212,6 +241,9 @@ struct GELUTanhFunctor {
   X(GELU, 8, gelu, GELUFunctor)                      \
   X(GELUTanh, 9, gelu_tanh, GELUTanhFunctor)
 
+#define FASTCNN_PARAMETRISED_ACTIVATIONS(X) X(LeakyReLU, 10, leaky_relu, LeakyReLUFunctor)
+
+#define FASTCNN_ACTIVATIONS(X) FASTCNN_PLAIN_ACTIVATIONS(X) FASTCNN_PARAMETRISED_ACTIVATIONS(X)
 #define FASTCNN_ACTIVATION_ENUM_ENTRY(Enum, code, op, Functor) Enum = code,
 enum class Activation : int64_t { None = 0, FASTCNN_ACTIVATIONS(FASTCNN_ACTIVATION_ENUM_ENTRY) };
 #undef FASTCNN_ACTIVATION_ENUM_ENTRY
@@ -233,22 +265,123 @@ FASTCNN_ACTIVATIONS(FASTCNN_ACTIVATION_TRAITS)
 template <Activation A>
 using ActivationFunctor = typename ActivationTraits<A>::Functor;
 
+// A functor with a parameter holds it as its one member; the plain ones are empty.
+template <typename Functor>
+inline constexpr bool kHasParameter = !std::is_empty_v<Functor>;
+
+constexpr int64_t kActivationKindBits = 5;
+constexpr int64_t kActivationKindMask = (int64_t{1} << kActivationKindBits) - 1;
+constexpr int kParameterExponentBits = 6;
+constexpr int kParameterExponentOffset = 32;  // the exponent field holds the unbiased exponent + 32
+constexpr uint64_t kMantissaMask = (uint64_t{1} << 52) - 1;
+constexpr uint64_t kSignBit = uint64_t{1} << 63;
+
+// The table row of a (possibly configured) activation: its low 5 bits.
+C10_HOST_DEVICE inline Activation activation_kind(Activation act) {
+  return static_cast<Activation>(static_cast<int64_t>(act) & kActivationKindMask);
+}
+
+// The parameter a configured activation carries above its row code (0 for a plain one).
+C10_HOST_DEVICE inline double activation_parameter(Activation act) {
+  const uint64_t code = static_cast<uint64_t>(static_cast<int64_t>(act));
+  const uint64_t exponent = (code >> kActivationKindBits) & ((uint64_t{1} << kParameterExponentBits) - 1);
+  const uint64_t mantissa = (code >> (kActivationKindBits + kParameterExponentBits)) & kMantissaMask;
+  const uint64_t sign = code & kSignBit;
+  const uint64_t bits =
+      exponent == 0 ? sign : sign | ((exponent - kParameterExponentOffset + 1023) << 52) | mantissa;
+#ifdef __CUDA_ARCH__
+  return __longlong_as_double(static_cast<long long>(bits));
+#else
+  double value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+#endif
+}
+
+// Whether `parameter` fits the code exactly: zero, or a magnitude in [2^-31, 2^32).
+inline bool is_packable_parameter(double parameter) {
+  if (parameter == 0) return true;
+  if (!std::isfinite(parameter)) return false;
+  const double magnitude = std::fabs(parameter);
+  return magnitude >= std::ldexp(1.0, -31) && magnitude < std::ldexp(1.0, 32);
+}
+
+// `kind` configured with `parameter` (is_packable_parameter), as fastcnn.ops packs it.
+inline Activation with_parameter(Activation kind, double parameter) {
+  uint64_t bits;
+  std::memcpy(&bits, &parameter, sizeof(bits));
+  const uint64_t biased = (bits >> 52) & 0x7ff;
+  const uint64_t exponent = parameter == 0 ? 0 : biased - 1023 + kParameterExponentOffset;
+  const uint64_t code = (bits & kSignBit) |
+                        ((bits & kMantissaMask) << (kActivationKindBits + kParameterExponentBits)) |
+                        (exponent << kActivationKindBits) | static_cast<uint64_t>(kind);
+  return static_cast<Activation>(static_cast<int64_t>(code));
+}
+
+// Row A (parametrised) configured with `parameter`, checked: the standalone ops' entry point.
+template <Activation A>
+inline Activation configured_activation(double parameter) {
+  TORCH_CHECK(is_packable_parameter(parameter), "fastcnn: ", ActivationTraits<A>::kName, "'s ",
+              ActivationFunctor<A>::kParameterName,
+              " must be 0 or a finite number of magnitude in [2^-31, 2^32), got ", parameter);
+  return with_parameter(A, parameter);
+}
+
+// The functor of row A, holding `act`'s parameter where the row has one.
+template <Activation A>
+C10_HOST_DEVICE inline ActivationFunctor<A> activation_functor(Activation act) {
+  using Functor = ActivationFunctor<A>;
+  if constexpr (kHasParameter<Functor>) {
+    return Functor{activation_parameter(act)};
+  } else {
+    (void)act;
+    return Functor{};
+  }
+}
+
+template <typename Functor>
+C10_HOST_DEVICE inline bool functor_grad_from_output(const Functor& f) {
+  if constexpr (kHasParameter<Functor>) {
+    return f.grad_from_output();
+  } else {
+    (void)f;
+    return Functor::kGradFromOutput;
+  }
+}
+
 inline bool is_activation_code(int64_t code) {
-  switch (code) {
-    case 0:
-#define FASTCNN_ACTIVATION_CASE(Enum, code_, op, Functor) case code_:
+  const Activation act = static_cast<Activation>(code);
+  switch (activation_kind(act)) {
+    case Activation::None:
+      return code == 0;
+#define FASTCNN_ACTIVATION_CASE(Enum, code_, op, Functor)                            \
+  case Activation::Enum:                                                             \
+    if constexpr (kHasParameter<Functor>) {                                          \
+      return with_parameter(activation_kind(act), activation_parameter(act)) == act; \
+    } else {                                                                         \
+      return activation_kind(act) == act;                                            \
+    }
       FASTCNN_ACTIVATIONS(FASTCNN_ACTIVATION_CASE)
 #undef FASTCNN_ACTIVATION_CASE
-      return true;
     default:
       return false;
+  }
+}
+
+template <typename Functor>
+inline std::string parameter_text() {
+  if constexpr (kHasParameter<Functor>) {
+    return std::string(" with its ") + Functor::kParameterName + " packed above the code";
+  } else {
+    return "";
   }
 }
 
 // "0 (none), 1 (relu), ...": the accepted codes, for error messages.
 inline std::string activation_codes_text() {
   std::string text = "0 (none)";
-#define FASTCNN_ACTIVATION_TEXT(Enum, code, op, Functor) text += ", " #code " (" #op ")";
+#define FASTCNN_ACTIVATION_TEXT(Enum, code, op, Functor) \
+  text += ", " #code " (" #op + parameter_text<Functor>() + ")";
   FASTCNN_ACTIVATIONS(FASTCNN_ACTIVATION_TEXT)
 #undef FASTCNN_ACTIVATION_TEXT
   return text;
@@ -261,7 +394,7 @@ inline Activation to_activation(int64_t code) {
 }
 
 inline const char* activation_name(Activation act) {
-  switch (act) {
+  switch (activation_kind(act)) {
 #define FASTCNN_ACTIVATION_CASE(Enum, code, op, Functor) \
   case Activation::Enum:                                 \
     return #op;
@@ -274,10 +407,10 @@ inline const char* activation_name(Activation act) {
 
 // Whether act's derivative is written in its output (see the top of this file); true for None.
 C10_HOST_DEVICE inline bool grad_from_output(Activation act) {
-  switch (act) {
+  switch (activation_kind(act)) {
 #define FASTCNN_ACTIVATION_CASE(Enum, code, op, Functor) \
   case Activation::Enum:                                 \
-    return Functor::kGradFromOutput;
+    return functor_grad_from_output(activation_functor<Activation::Enum>(act));
     FASTCNN_ACTIVATIONS(FASTCNN_ACTIVATION_CASE)
 #undef FASTCNN_ACTIVATION_CASE
     default:
@@ -294,12 +427,12 @@ inline void check_fused_backward(Activation act, const char* op) {
       "run the layer without activation and the activation's own op (fastcnn.ops does this under autograd)");
 }
 
-// Calls f(std::integral_constant<Activation, A>{}) for the runtime `act`, so that a loop written inside f
-// sees A as a compile-time constant: the functor call inlines and the loop vectorises instead of
-// branching per element.
+// Calls f(std::integral_constant<Activation, A>{}) for the row A of the runtime `act`, so that a loop
+// written inside f sees A as a compile-time constant: the call of activation_functor<A>(act) inlines and
+// the loop vectorises instead of branching per element.
 template <typename F>
 inline decltype(auto) with_activation(Activation act, F&& f) {
-  switch (act) {
+  switch (activation_kind(act)) {
 #define FASTCNN_ACTIVATION_CASE(Enum, code, op, Functor) \
   case Activation::Enum:                                 \
     return f(std::integral_constant<Activation, Activation::Enum>{});
@@ -313,10 +446,10 @@ inline decltype(auto) with_activation(Activation act, F&& f) {
 // act(x) for a runtime `act` (a switch; inside with_activation it folds to one functor call).
 template <typename T>
 C10_HOST_DEVICE inline T activate(T x, Activation act) {
-  switch (act) {
+  switch (activation_kind(act)) {
 #define FASTCNN_ACTIVATION_CASE(Enum, code, op, Functor) \
   case Activation::Enum:                                 \
-    return Functor::template forward<T>(x);
+    return activation_functor<Activation::Enum>(act).template forward<T>(x);
     FASTCNN_ACTIVATIONS(FASTCNN_ACTIVATION_CASE)
 #undef FASTCNN_ACTIVATION_CASE
     default:
@@ -325,13 +458,13 @@ C10_HOST_DEVICE inline T activate(T x, Activation act) {
 }
 
 // The incoming gradient g times act'(x), written through the saved tensor s: the output y = act(x) for the
-// activations with kGradFromOutput, the input x for the others.
+// activations with grad_from_output, the input x for the others.
 template <typename T>
 C10_HOST_DEVICE inline T activation_grad(T g, T s, Activation act) {
-  switch (act) {
+  switch (activation_kind(act)) {
 #define FASTCNN_ACTIVATION_CASE(Enum, code, op, Functor) \
   case Activation::Enum:                                 \
-    return Functor::template backward<T>(g, s);
+    return activation_functor<Activation::Enum>(act).template backward<T>(g, s);
     FASTCNN_ACTIVATIONS(FASTCNN_ACTIVATION_CASE)
 #undef FASTCNN_ACTIVATION_CASE
     default:

@@ -20,21 +20,21 @@ namespace {
 
 constexpr int64_t kGrain = 32768;
 
-template <typename T, Activation A>
-FASTCNN_SIMD_CLONES void activate_range(const T* __restrict x, T* __restrict y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = ActivationFunctor<A>::forward(x[i]);
+template <typename T, typename Functor>
+FASTCNN_SIMD_CLONES void activate_range(const Functor f, const T* __restrict x, T* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = f.forward(x[i]);
 }
 
-template <typename T, Activation A>
-FASTCNN_SIMD_CLONES void add_activate_range(const T* __restrict a, const T* __restrict b, T* __restrict y,
-                                            int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = ActivationFunctor<A>::forward(a[i] + b[i]);
+template <typename T, typename Functor>
+FASTCNN_SIMD_CLONES void add_activate_range(const Functor f, const T* __restrict a, const T* __restrict b,
+                                            T* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = f.forward(a[i] + b[i]);
 }
 
-template <typename T, Activation A>
-FASTCNN_SIMD_CLONES void activation_grad_range(const T* __restrict g, const T* __restrict y, T* __restrict gx,
-                                               int64_t n) {
-  for (int64_t i = 0; i < n; ++i) gx[i] = ActivationFunctor<A>::backward(g[i], y[i]);
+template <typename T, typename Functor>
+FASTCNN_SIMD_CLONES void activation_grad_range(const Functor f, const T* __restrict g, const T* __restrict y,
+                                               T* __restrict gx, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) gx[i] = f.backward(g[i], y[i]);
 }
 
 at::Tensor activation_forward(const at::Tensor& input, Activation act) {
@@ -45,9 +45,10 @@ at::Tensor activation_forward(const at::Tensor& input, Activation act) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastcnn_activation_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    with_activation(act, [&](auto a) {
+    with_activation(act, [&](auto tag) {
+      const auto f = activation_functor<decltype(tag)::value>(act);
       at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-        activate_range<scalar_t, decltype(a)::value>(xp + begin, yp + begin, end - begin);
+        activate_range<scalar_t>(f, xp + begin, yp + begin, end - begin);
       });
     });
   });
@@ -57,6 +58,11 @@ at::Tensor activation_forward(const at::Tensor& input, Activation act) {
 template <Activation A>
 at::Tensor activation_op_cpu(const at::Tensor& input) {
   return activation_forward(input, A);
+}
+
+template <Activation A>
+at::Tensor parametrised_activation_op_cpu(const at::Tensor& input, double parameter) {
+  return activation_forward(input, configured_activation<A>(parameter));
 }
 
 at::Tensor add_cpu(const at::Tensor& input, const at::Tensor& other, int64_t activation) {
@@ -71,8 +77,9 @@ at::Tensor add_cpu(const at::Tensor& input, const at::Tensor& other, int64_t act
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     with_activation(act, [&](auto tag) {
+      const auto f = activation_functor<decltype(tag)::value>(act);
       at::parallel_for(0, a.numel(), kGrain, [&](int64_t begin, int64_t end) {
-        add_activate_range<scalar_t, decltype(tag)::value>(ap + begin, bp + begin, yp + begin, end - begin);
+        add_activate_range<scalar_t>(f, ap + begin, bp + begin, yp + begin, end - begin);
       });
     });
   });
@@ -91,9 +98,10 @@ at::Tensor activation_backward_cpu(const at::Tensor& grad_output, const at::Tens
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-    with_activation(act, [&](auto a) {
+    with_activation(act, [&](auto tag) {
+      const auto f = activation_functor<decltype(tag)::value>(act);
       at::parallel_for(0, y.numel(), kGrain, [&](int64_t begin, int64_t end) {
-        activation_grad_range<scalar_t, decltype(a)::value>(gp + begin, yp + begin, gxp + begin, end - begin);
+        activation_grad_range<scalar_t>(f, gp + begin, yp + begin, gxp + begin, end - begin);
       });
     });
   });
@@ -104,7 +112,11 @@ at::Tensor activation_backward_cpu(const at::Tensor& grad_output, const at::Tens
 
 TORCH_LIBRARY_IMPL(fastcnn, CPU, m) {
 #define FASTCNN_IMPL_ACTIVATION_OP(Enum, code, op, Functor) m.impl(#op, &activation_op_cpu<Activation::Enum>);
-  FASTCNN_ACTIVATIONS(FASTCNN_IMPL_ACTIVATION_OP)
+  FASTCNN_PLAIN_ACTIVATIONS(FASTCNN_IMPL_ACTIVATION_OP)
+#undef FASTCNN_IMPL_ACTIVATION_OP
+#define FASTCNN_IMPL_ACTIVATION_OP(Enum, code, op, Functor) \
+  m.impl(#op, &parametrised_activation_op_cpu<Activation::Enum>);
+  FASTCNN_PARAMETRISED_ACTIVATIONS(FASTCNN_IMPL_ACTIVATION_OP)
 #undef FASTCNN_IMPL_ACTIVATION_OP
   m.impl("add", &add_cpu);
   m.impl("activation_backward", &activation_backward_cpu);

@@ -106,20 +106,21 @@ void batch_moments(const T* x, const bn::Shape& s, std::vector<double>& mean, st
 // ---- transforms -----------------------------------------------------------------------------------------
 
 template <typename T, Activation A>
-FASTCNN_SIMD_CLONES void normalize_plane(const T* __restrict x, T* __restrict y, int64_t n, T mean, T scale,
-                                         T shift) {
-  for (int64_t i = 0; i < n; ++i) y[i] = ActivationFunctor<A>::forward((x[i] - mean) * scale + shift);
+FASTCNN_SIMD_CLONES void normalize_plane(const ActivationFunctor<A> act, const T* __restrict x,
+                                         T* __restrict y, int64_t n, T mean, T scale, T shift) {
+  for (int64_t i = 0; i < n; ++i) y[i] = act.forward((x[i] - mean) * scale + shift);
 }
 
 template <typename T, Activation A>
-FASTCNN_SIMD_CLONES void normalize_rows(const T* __restrict x, T* __restrict y, int64_t rows,
-                                        int64_t channels, const T* __restrict mean, const T* __restrict scale,
+FASTCNN_SIMD_CLONES void normalize_rows(const ActivationFunctor<A> act, const T* __restrict x,
+                                        T* __restrict y, int64_t rows, int64_t channels,
+                                        const T* __restrict mean, const T* __restrict scale,
                                         const T* __restrict shift) {
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * channels;
     T* yr = y + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      yr[c] = ActivationFunctor<A>::forward((xr[c] - mean[c]) * scale[c] + shift[c]);
+      yr[c] = act.forward((xr[c] - mean[c]) * scale[c] + shift[c]);
     }
   }
 }
@@ -173,19 +174,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(const at::Tensor& 
     }
     with_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
+      const auto act_fn = activation_functor<A>(act);
       if (s.channels_inner()) {
         at::parallel_for(
             0, s.outer, std::max<int64_t>(1, kGrain / s.channels), [&](int64_t begin, int64_t end) {
-              normalize_rows<scalar_t, A>(xp + begin * s.channels, yp + begin * s.channels, end - begin,
-                                          s.channels, v.mean.data(), v.a.data(), v.d.data());
+              normalize_rows<scalar_t, A>(act_fn, xp + begin * s.channels, yp + begin * s.channels,
+                                          end - begin, s.channels, v.mean.data(), v.a.data(), v.d.data());
             });
       } else {
         at::parallel_for(0, s.outer * s.channels, std::max<int64_t>(1, kGrain / s.inner),
                          [&](int64_t begin, int64_t end) {
                            for (int64_t plane = begin; plane < end; ++plane) {
                              const int64_t c = plane % s.channels;
-                             normalize_plane<scalar_t, A>(xp + plane * s.inner, yp + plane * s.inner, s.inner,
-                                                          v.mean[c], v.a[c], v.d[c]);
+                             normalize_plane<scalar_t, A>(act_fn, xp + plane * s.inner, yp + plane * s.inner,
+                                                          s.inner, v.mean[c], v.a[c], v.d[c]);
                            }
                          });
       }
@@ -199,12 +201,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(const at::Tensor& 
 
 // g is grad_output through the activation (y: the forward output; unused when A is None).
 template <typename T, Activation A>
-FASTCNN_SIMD_CLONES void plane_grad_sums(const T* __restrict g, const T* __restrict y, const T* __restrict x,
-                                         int64_t n, double mean, double* __restrict sum_g_out,
-                                         double* __restrict sum_gx_out) {
+FASTCNN_SIMD_CLONES void plane_grad_sums(const ActivationFunctor<A> act, const T* __restrict g,
+                                         const T* __restrict y, const T* __restrict x, int64_t n, double mean,
+                                         double* __restrict sum_g_out, double* __restrict sum_gx_out) {
   double sum_g = 0, sum_gx = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const double gi = static_cast<double>(ActivationFunctor<A>::backward(g[i], y[i]));
+    const double gi = static_cast<double>(act.backward(g[i], y[i]));
     sum_g += gi;
     sum_gx += gi * (static_cast<double>(x[i]) - mean);
   }
@@ -213,15 +215,15 @@ FASTCNN_SIMD_CLONES void plane_grad_sums(const T* __restrict g, const T* __restr
 }
 
 template <typename T, Activation A>
-FASTCNN_SIMD_CLONES void row_block_grad_sums(const T* __restrict g, const T* __restrict y,
-                                             const T* __restrict x, int64_t rows, int64_t channels,
-                                             const double* __restrict mean, double* __restrict sum_g,
-                                             double* __restrict sum_gx) {
+FASTCNN_SIMD_CLONES void row_block_grad_sums(const ActivationFunctor<A> act, const T* __restrict g,
+                                             const T* __restrict y, const T* __restrict x, int64_t rows,
+                                             int64_t channels, const double* __restrict mean,
+                                             double* __restrict sum_g, double* __restrict sum_gx) {
   for (int64_t c = 0; c < channels; ++c) sum_g[c] = 0, sum_gx[c] = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      const double gi = static_cast<double>(ActivationFunctor<A>::backward(g[o + c], y[o + c]));
+      const double gi = static_cast<double>(act.backward(g[o + c], y[o + c]));
       sum_g[c] += gi;
       sum_gx[c] += gi * (static_cast<double>(x[o + c]) - mean[c]);
     }
@@ -229,22 +231,22 @@ FASTCNN_SIMD_CLONES void row_block_grad_sums(const T* __restrict g, const T* __r
 }
 
 template <typename T, Activation A>
-FASTCNN_SIMD_CLONES void grad_input_plane(const T* __restrict g, const T* __restrict y, const T* __restrict x,
-                                          T* __restrict gx, int64_t n, T mean, T a, T b, T d) {
-  for (int64_t i = 0; i < n; ++i)
-    gx[i] = ActivationFunctor<A>::backward(g[i], y[i]) * a + (x[i] - mean) * b + d;
+FASTCNN_SIMD_CLONES void grad_input_plane(const ActivationFunctor<A> act, const T* __restrict g,
+                                          const T* __restrict y, const T* __restrict x, T* __restrict gx,
+                                          int64_t n, T mean, T a, T b, T d) {
+  for (int64_t i = 0; i < n; ++i) gx[i] = act.backward(g[i], y[i]) * a + (x[i] - mean) * b + d;
 }
 
 template <typename T, Activation A>
-FASTCNN_SIMD_CLONES void grad_input_rows(const T* __restrict g, const T* __restrict y, const T* __restrict x,
-                                         T* __restrict gx, int64_t rows, int64_t channels,
-                                         const T* __restrict mean, const T* __restrict a,
-                                         const T* __restrict b, const T* __restrict d) {
+FASTCNN_SIMD_CLONES void grad_input_rows(const ActivationFunctor<A> act, const T* __restrict g,
+                                         const T* __restrict y, const T* __restrict x, T* __restrict gx,
+                                         int64_t rows, int64_t channels, const T* __restrict mean,
+                                         const T* __restrict a, const T* __restrict b,
+                                         const T* __restrict d) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      gx[o + c] =
-          ActivationFunctor<A>::backward(g[o + c], y[o + c]) * a[c] + (x[o + c] - mean[c]) * b[c] + d[c];
+      gx[o + c] = act.backward(g[o + c], y[o + c]) * a[c] + (x[o + c] - mean[c]) * b[c] + d[c];
     }
   }
 }
@@ -272,13 +274,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     with_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
+      const auto act_fn = activation_functor<A>(act);
       const int64_t parts = statistics_parts(s);
       std::vector<double> part_g(parts * channels), part_gx(parts * channels);
       if (s.channels_inner()) {
         at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
           for (int64_t p = begin; p < end; ++p) {
             const int64_t o = p * kRowsPerBlock * channels;
-            row_block_grad_sums<scalar_t, A>(gp + o, yp + o, xp + o,
+            row_block_grad_sums<scalar_t, A>(act_fn, gp + o, yp + o, xp + o,
                                              std::min(kRowsPerBlock, s.outer - p * kRowsPerBlock), channels,
                                              mean_d.data(), &part_g[p * channels], &part_gx[p * channels]);
           }
@@ -288,8 +291,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
             0, parts * channels, std::max<int64_t>(1, kGrain / s.inner), [&](int64_t begin, int64_t end) {
               for (int64_t plane = begin; plane < end; ++plane) {
                 const int64_t o = plane * s.inner;
-                plane_grad_sums<scalar_t, A>(gp + o, yp + o, xp + o, s.inner, mean_d[plane % channels],
-                                             &part_g[plane], &part_gx[plane]);
+                plane_grad_sums<scalar_t, A>(act_fn, gp + o, yp + o, xp + o, s.inner,
+                                             mean_d[plane % channels], &part_g[plane], &part_gx[plane]);
               }
             });
       }
@@ -315,7 +318,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
         at::parallel_for(
             0, s.outer, std::max<int64_t>(1, kGrain / channels), [&](int64_t begin, int64_t end) {
               const int64_t o = begin * channels;
-              grad_input_rows<scalar_t, A>(gp + o, yp + o, xp + o, gxp + o, end - begin, channels,
+              grad_input_rows<scalar_t, A>(act_fn, gp + o, yp + o, xp + o, gxp + o, end - begin, channels,
                                            v.mean.data(), v.a.data(), v.b.data(), v.d.data());
             });
       } else {
@@ -323,7 +326,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
                          [&](int64_t begin, int64_t end) {
                            for (int64_t plane = begin; plane < end; ++plane) {
                              const int64_t c = plane % channels, o = plane * s.inner;
-                             grad_input_plane<scalar_t, A>(gp + o, yp + o, xp + o, gxp + o, s.inner,
+                             grad_input_plane<scalar_t, A>(act_fn, gp + o, yp + o, xp + o, gxp + o, s.inner,
                                                            v.mean[c], v.a[c], v.b[c], v.d[c]);
                            }
                          });

@@ -17,9 +17,10 @@ namespace cpu {
 
 // The epilogue templated on the activation and on which addends exist, so the inner loop is a
 // branch-free, vectorisable sweep over a contiguous row.
-template <typename T, Activation A, bool kColBias, bool kResidual>
-FASTCNN_SIMD_CLONES void epilogue_impl(T* out, int64_t ld, int64_t rows, int64_t cols, const T* col_bias,
-                                       const T* row_bias, const T* residual, int64_t res_ld) {
+template <typename T, typename Functor, bool kColBias, bool kResidual>
+FASTCNN_SIMD_CLONES void epilogue_impl(const Functor f, T* out, int64_t ld, int64_t rows, int64_t cols,
+                                       const T* col_bias, const T* row_bias, const T* residual,
+                                       int64_t res_ld) {
   for (const auto r : c10::irange(rows)) {
     T* __restrict__ o = out + r * ld;
     const T* __restrict__ res = kResidual ? residual + r * res_ld : nullptr;
@@ -28,24 +29,24 @@ FASTCNN_SIMD_CLONES void epilogue_impl(T* out, int64_t ld, int64_t rows, int64_t
       T v = o[c] + rb;
       if constexpr (kColBias) v += col_bias[c];
       if constexpr (kResidual) v += res[c];
-      o[c] = ActivationFunctor<A>::forward(v);
+      o[c] = f.forward(v);
     }
   }
 }
 
-template <typename T, Activation A>
-void epilogue_act(T* out, int64_t ld, int64_t rows, int64_t cols, const T* col_bias, const T* row_bias,
-                  const T* residual, int64_t res_ld) {
+template <typename T, typename Functor>
+void epilogue_act(const Functor f, T* out, int64_t ld, int64_t rows, int64_t cols, const T* col_bias,
+                  const T* row_bias, const T* residual, int64_t res_ld) {
   if (col_bias != nullptr) {
     if (residual != nullptr) {
-      epilogue_impl<T, A, true, true>(out, ld, rows, cols, col_bias, row_bias, residual, res_ld);
+      epilogue_impl<T, Functor, true, true>(f, out, ld, rows, cols, col_bias, row_bias, residual, res_ld);
     } else {
-      epilogue_impl<T, A, true, false>(out, ld, rows, cols, col_bias, row_bias, residual, res_ld);
+      epilogue_impl<T, Functor, true, false>(f, out, ld, rows, cols, col_bias, row_bias, residual, res_ld);
     }
   } else if (residual != nullptr) {
-    epilogue_impl<T, A, false, true>(out, ld, rows, cols, col_bias, row_bias, residual, res_ld);
+    epilogue_impl<T, Functor, false, true>(f, out, ld, rows, cols, col_bias, row_bias, residual, res_ld);
   } else {
-    epilogue_impl<T, A, false, false>(out, ld, rows, cols, col_bias, row_bias, residual, res_ld);
+    epilogue_impl<T, Functor, false, false>(f, out, ld, rows, cols, col_bias, row_bias, residual, res_ld);
   }
 }
 
@@ -55,19 +56,20 @@ template <typename T>
 void apply_epilogue(T* out, int64_t ld, int64_t rows, int64_t cols, const T* col_bias, const T* row_bias,
                     const T* residual, int64_t res_ld, Activation act) {
   if (act == Activation::None && col_bias == nullptr && row_bias == nullptr && residual == nullptr) return;
-  with_activation(act, [&](auto a) {
-    epilogue_act<T, decltype(a)::value>(out, ld, rows, cols, col_bias, row_bias, residual, res_ld);
+  with_activation(act, [&](auto tag) {
+    epilogue_act<T>(activation_functor<decltype(tag)::value>(act), out, ld, rows, cols, col_bias, row_bias,
+                    residual, res_ld);
   });
 }
 
-template <typename T, Activation A>
-FASTCNN_SIMD_CLONES void grad_pre_impl(const T* g, int64_t g_ld, const T* y, int64_t y_ld, T* gp,
-                                       int64_t gp_ld, int64_t rows, int64_t cols) {
+template <typename T, typename Functor>
+FASTCNN_SIMD_CLONES void grad_pre_impl(const Functor f, const T* g, int64_t g_ld, const T* y, int64_t y_ld,
+                                       T* gp, int64_t gp_ld, int64_t rows, int64_t cols) {
   for (const auto r : c10::irange(rows)) {
     const T* __restrict__ gr = g + r * g_ld;
     const T* __restrict__ yr = y + r * y_ld;
     T* __restrict__ out = gp + r * gp_ld;
-    for (int64_t c = 0; c < cols; ++c) out[c] = ActivationFunctor<A>::backward(gr[c], yr[c]);
+    for (int64_t c = 0; c < cols; ++c) out[c] = f.backward(gr[c], yr[c]);
   }
 }
 
@@ -75,8 +77,9 @@ FASTCNN_SIMD_CLONES void grad_pre_impl(const T* g, int64_t g_ld, const T* y, int
 template <typename T>
 void grad_pre_block(const T* g, int64_t g_ld, const T* y, int64_t y_ld, T* gp, int64_t gp_ld, int64_t rows,
                     int64_t cols, Activation act) {
-  with_activation(
-      act, [&](auto a) { grad_pre_impl<T, decltype(a)::value>(g, g_ld, y, y_ld, gp, gp_ld, rows, cols); });
+  with_activation(act, [&](auto tag) {
+    grad_pre_impl<T>(activation_functor<decltype(tag)::value>(act), g, g_ld, y, y_ld, gp, gp_ld, rows, cols);
+  });
 }
 
 // sums[c] += sum over rows of block[r, c] (bias gradient of an NHWC / linear block).

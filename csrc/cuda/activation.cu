@@ -22,27 +22,28 @@ namespace {
 
 template <typename T, Activation A>
 struct ActivateOp {
+  ActivationFunctor<A> f;
   __device__ __forceinline__ T operator()(T x) const {
     using acc_t = at::opmath_type<T>;
-    return static_cast<T>(ActivationFunctor<A>::template forward<acc_t>(static_cast<acc_t>(x)));
+    return static_cast<T>(f.template forward<acc_t>(static_cast<acc_t>(x)));
   }
 };
 
 template <typename T, Activation A>
 struct AddActivateOp {
+  ActivationFunctor<A> f;
   __device__ __forceinline__ T operator()(T x, T y) const {
     using acc_t = at::opmath_type<T>;
-    return static_cast<T>(
-        ActivationFunctor<A>::template forward<acc_t>(static_cast<acc_t>(x) + static_cast<acc_t>(y)));
+    return static_cast<T>(f.template forward<acc_t>(static_cast<acc_t>(x) + static_cast<acc_t>(y)));
   }
 };
 
 template <typename T, Activation A>
 struct ActivationGradOp {
+  ActivationFunctor<A> f;
   __device__ __forceinline__ T operator()(T grad, T saved) const {
     using acc_t = at::opmath_type<T>;
-    return static_cast<T>(
-        ActivationFunctor<A>::template backward<acc_t>(static_cast<acc_t>(grad), static_cast<acc_t>(saved)));
+    return static_cast<T>(f.template backward<acc_t>(static_cast<acc_t>(grad), static_cast<acc_t>(saved)));
   }
 };
 
@@ -55,9 +56,10 @@ at::Tensor activation_forward_cuda(const at::Tensor& input, Activation act) {
   at::Tensor y = at::empty_like(x, fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcnn_activation_cuda", [&] {
     with_activation(act, [&](auto tag) {
-      cuda::launch_map</*Binary=*/false>(y.mutable_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                         static_cast<const scalar_t*>(nullptr), x.numel(),
-                                         ActivateOp<scalar_t, decltype(tag)::value>{});
+      cuda::launch_map</*Binary=*/false>(
+          y.mutable_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr),
+          x.numel(),
+          ActivateOp<scalar_t, decltype(tag)::value>{activation_functor<decltype(tag)::value>(act)});
     });
   });
   return y;
@@ -66,6 +68,11 @@ at::Tensor activation_forward_cuda(const at::Tensor& input, Activation act) {
 template <Activation A>
 at::Tensor activation_op_cuda(const at::Tensor& input) {
   return activation_forward_cuda(input, A);
+}
+
+template <Activation A>
+at::Tensor parametrised_activation_op_cuda(const at::Tensor& input, double parameter) {
+  return activation_forward_cuda(input, configured_activation<A>(parameter));
 }
 
 at::Tensor add_cuda(const at::Tensor& input, const at::Tensor& other, int64_t activation) {
@@ -79,9 +86,10 @@ at::Tensor add_cuda(const at::Tensor& input, const at::Tensor& other, int64_t ac
   at::Tensor y = at::empty_like(a, fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastcnn_add_cuda", [&] {
     with_activation(act, [&](auto tag) {
-      cuda::launch_map</*Binary=*/true>(y.mutable_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
-                                        b.const_data_ptr<scalar_t>(), a.numel(),
-                                        AddActivateOp<scalar_t, decltype(tag)::value>{});
+      cuda::launch_map</*Binary=*/true>(
+          y.mutable_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
+          a.numel(),
+          AddActivateOp<scalar_t, decltype(tag)::value>{activation_functor<decltype(tag)::value>(act)});
     });
   });
   return y;
@@ -102,7 +110,8 @@ at::Tensor activation_backward_cuda(const at::Tensor& grad_output, const at::Ten
         with_activation(act, [&](auto tag) {
           cuda::launch_map</*Binary=*/true>(gx.mutable_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
                                             y.const_data_ptr<scalar_t>(), y.numel(),
-                                            ActivationGradOp<scalar_t, decltype(tag)::value>{});
+                                            ActivationGradOp<scalar_t, decltype(tag)::value>{
+                                                activation_functor<decltype(tag)::value>(act)});
         });
       });
   return gx;
@@ -113,7 +122,11 @@ at::Tensor activation_backward_cuda(const at::Tensor& grad_output, const at::Ten
 TORCH_LIBRARY_IMPL(fastcnn, FASTCNN_CUDA_DISPATCH_KEY, m) {
 #define FASTCNN_IMPL_ACTIVATION_OP(Enum, code, op, Functor) \
   m.impl(#op, &activation_op_cuda<Activation::Enum>);
-  FASTCNN_ACTIVATIONS(FASTCNN_IMPL_ACTIVATION_OP)
+  FASTCNN_PLAIN_ACTIVATIONS(FASTCNN_IMPL_ACTIVATION_OP)
+#undef FASTCNN_IMPL_ACTIVATION_OP
+#define FASTCNN_IMPL_ACTIVATION_OP(Enum, code, op, Functor) \
+  m.impl(#op, &parametrised_activation_op_cuda<Activation::Enum>);
+  FASTCNN_PARAMETRISED_ACTIVATIONS(FASTCNN_IMPL_ACTIVATION_OP)
 #undef FASTCNN_IMPL_ACTIVATION_OP
   m.impl("add", &add_cuda);
   m.impl("activation_backward", &activation_backward_cuda);

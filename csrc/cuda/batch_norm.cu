@@ -79,11 +79,12 @@ __global__ void forward_coefficients_kernel(const T* __restrict__ x, int64_t inn
 template <typename T, typename acc_t, Activation A>
 __global__ void normalize_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, int64_t channels,
                                  int64_t inner, bool channels_inner,
-                                 const bn::Affine<acc_t>* __restrict__ affine) {
+                                 const bn::Affine<acc_t>* __restrict__ affine,
+                                 const ActivationFunctor<A> act) {
   for (int64_t i = cuda::global_thread_index(); i < n; i += cuda::grid_thread_count()) {
     const bn::Affine<acc_t> f = affine[channel_of(i, channels, inner, channels_inner)];
-    y[i] = static_cast<T>(ActivationFunctor<A>::template forward<acc_t>(
-        (static_cast<acc_t>(x[i]) - f.mean) * f.scale + f.shift));
+    y[i] =
+        static_cast<T>(act.template forward<acc_t>((static_cast<acc_t>(x[i]) - f.mean) * f.scale + f.shift));
   }
 }
 
@@ -139,7 +140,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
     with_activation(act, [&](auto tag) {
       launch_kernel<normalize_kernel<scalar_t, acc_t, decltype(tag)::value>>(
           dim3(cuda::grid_for(x.numel())), dim3(cuda::kBlockThreads), 0, stream, x.const_data_ptr<scalar_t>(),
-          y.mutable_data_ptr<scalar_t>(), x.numel(), s.channels, s.inner, s.channels_inner(), affine_ptr);
+          y.mutable_data_ptr<scalar_t>(), x.numel(), s.channels, s.inner, s.channels_inner(), affine_ptr,
+          activation_functor<decltype(tag)::value>(act));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -152,15 +154,15 @@ template <typename T, typename acc_t, Activation A, bool kChannelsInner>
 __global__ void __launch_bounds__(kThreads)
     grad_sums_partial_kernel(const T* __restrict__ grad_output, const T* __restrict__ output,
                              const T* __restrict__ x, const acc_t* __restrict__ mean, ReduceGrid g,
-                             SumPair<acc_t>* __restrict__ partials) {
+                             SumPair<acc_t>* __restrict__ partials, const ActivationFunctor<A> act) {
   __shared__ SumPair<acc_t> states[kThreads];
   SumPair<acc_t> mine{acc_t(0), acc_t(0)};
   const int64_t c = thread_channel<kChannelsInner>(g);
   const acc_t channel_mean = c >= 0 ? mean[c] : acc_t(0);
   if (c >= 0)
     for_each_value<kChannelsInner>(g, c, [&](int64_t i) {
-      const acc_t gi = ActivationFunctor<A>::template backward<acc_t>(static_cast<acc_t>(grad_output[i]),
-                                                                      static_cast<acc_t>(output[i]));
+      const acc_t gi =
+          act.template backward<acc_t>(static_cast<acc_t>(grad_output[i]), static_cast<acc_t>(output[i]));
       mine.first += gi;
       mine.second += gi * (static_cast<acc_t>(x[i]) - channel_mean);
     });
@@ -193,11 +195,12 @@ template <typename T, typename acc_t, Activation A>
 __global__ void grad_input_kernel(const T* __restrict__ grad_output, const T* __restrict__ output,
                                   const T* __restrict__ x, T* __restrict__ grad_input, int64_t n,
                                   int64_t channels, int64_t inner, bool channels_inner,
-                                  const bn::BackwardCoefficients<acc_t>* __restrict__ coefficients) {
+                                  const bn::BackwardCoefficients<acc_t>* __restrict__ coefficients,
+                                  const ActivationFunctor<A> act) {
   for (int64_t i = cuda::global_thread_index(); i < n; i += cuda::grid_thread_count()) {
     const bn::BackwardCoefficients<acc_t> k = coefficients[channel_of(i, channels, inner, channels_inner)];
-    const acc_t gi = ActivationFunctor<A>::template backward<acc_t>(static_cast<acc_t>(grad_output[i]),
-                                                                    static_cast<acc_t>(output[i]));
+    const acc_t gi =
+        act.template backward<acc_t>(static_cast<acc_t>(grad_output[i]), static_cast<acc_t>(output[i]));
     grad_input[i] = static_cast<T>(gi * k.a + (static_cast<acc_t>(x[i]) - k.mean) * k.b + k.d);
   }
 }
@@ -239,12 +242,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
         const acc_t* mp = mean_c.const_data_ptr<acc_t>();
         with_activation(act, [&](auto tag) {
           constexpr Activation A = decltype(tag)::value;
+          const auto act_fn = activation_functor<A>(act);
           if (s.channels_inner()) {
             launch_kernel<grad_sums_partial_kernel<scalar_t, acc_t, A, true>>(
-                reduce_blocks(rg, true), reduce_threads(true), 0, stream, gp, yp, xp, mp, rg, partial_ptr);
+                reduce_blocks(rg, true), reduce_threads(true), 0, stream, gp, yp, xp, mp, rg, partial_ptr,
+                act_fn);
           } else {
             launch_kernel<grad_sums_partial_kernel<scalar_t, acc_t, A, false>>(
-                reduce_blocks(rg, false), reduce_threads(false), 0, stream, gp, yp, xp, mp, rg, partial_ptr);
+                reduce_blocks(rg, false), reduce_threads(false), 0, stream, gp, yp, xp, mp, rg, partial_ptr,
+                act_fn);
           }
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
@@ -262,7 +268,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
           launch_kernel<grad_input_kernel<scalar_t, acc_t, decltype(tag)::value>>(
               dim3(cuda::grid_for(x.numel())), dim3(cuda::kBlockThreads), 0, stream, gp, yp, xp,
               grad_input.mutable_data_ptr<scalar_t>(), x.numel(), s.channels, s.inner, s.channels_inner(),
-              coefficient_ptr);
+              coefficient_ptr, activation_functor<decltype(tag)::value>(act));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });

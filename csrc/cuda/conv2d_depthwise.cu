@@ -74,7 +74,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     depthwise_forward_nhwc_kernel(const T* __restrict__ input, const T* __restrict__ weight_t,
                                   const T* __restrict__ bias, const T* __restrict__ residual,
-                                  T* __restrict__ output, const DepthwiseParams p, int activation) {
+                                  T* __restrict__ output, const DepthwiseParams p, int64_t activation) {
   using acc_t = at::opmath_type<T>;
   const Activation act = static_cast<Activation>(activation);
   const int per_image = p.out_h * p.out_w * p.out_c;
@@ -110,7 +110,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     depthwise_forward_nchw_kernel(const T* __restrict__ input, const T* __restrict__ weight,
                                   const T* __restrict__ bias, const T* __restrict__ residual,
-                                  T* __restrict__ output, const DepthwiseParams p, int activation) {
+                                  T* __restrict__ output, const DepthwiseParams p, int64_t activation) {
   using acc_t = at::opmath_type<T>;
   FASTCNN_EXTERN_SHARED(filter_raw);
   acc_t* filter = reinterpret_cast<acc_t*>(filter_raw);
@@ -151,7 +151,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     depthwise_dgrad_nhwc_kernel(const T* __restrict__ grad_output, const T* __restrict__ output,
                                 const T* __restrict__ weight, T* __restrict__ grad_input,
-                                const DepthwiseParams p, int activation) {
+                                const DepthwiseParams p, int64_t activation) {
   using acc_t = at::opmath_type<T>;
   const Activation act = static_cast<Activation>(activation);
   const int per_image = p.in_h * p.in_w * p.in_c;
@@ -198,7 +198,7 @@ template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kWgradThreadsX* kWgradThreadsY)
     depthwise_wgrad_nhwc_kernel(const T* __restrict__ grad_output, const T* __restrict__ output,
                                 const T* __restrict__ input, acc_t* __restrict__ partials,
-                                const DepthwiseParams p, int activation, int64_t pixels_per_split) {
+                                const DepthwiseParams p, int64_t activation, int64_t pixels_per_split) {
   __shared__ acc_t partial[kWgradThreadsY][kWgradThreadsX];
   const Activation act = static_cast<Activation>(activation);
   const int oc = blockIdx.x * kWgradThreadsX + threadIdx.x;
@@ -258,7 +258,7 @@ void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
               image_grid(s.out_h * s.out_w * s.out_channels, s.batch), kThreads, 0, stream,
               input.const_data_ptr<scalar_t>(), weight_t.const_data_ptr<scalar_t>(),
               data_or_null<scalar_t>(bias), data_or_null<scalar_t>(residual),
-              output.mutable_data_ptr<scalar_t>(), p, static_cast<int>(act));
+              output.mutable_data_ptr<scalar_t>(), p, static_cast<int64_t>(act));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         } else {
           const size_t filter_bytes = static_cast<size_t>(s.kernel_h * s.kernel_w) * sizeof(acc_t);
@@ -273,7 +273,7 @@ void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
               grid, kThreads, filter_bytes, stream, input.const_data_ptr<scalar_t>(),
               weight.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias),
               data_or_null<scalar_t>(residual), output.mutable_data_ptr<scalar_t>(), p,
-              static_cast<int>(act));
+              static_cast<int64_t>(act));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       });
@@ -289,7 +289,7 @@ void depthwise_conv2d_dgrad(const at::Tensor& grad_output, const at::Tensor& out
             c10::cuda::getCurrentCUDAStream(), grad_output.const_data_ptr<scalar_t>(),
             act != Activation::None ? output.const_data_ptr<scalar_t>() : nullptr,
             weight.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), p,
-            static_cast<int>(act));
+            static_cast<int64_t>(act));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
 }
@@ -318,8 +318,8 @@ void depthwise_conv2d_wgrad(const at::Tensor& grad_output, const at::Tensor& out
         launch_kernel<depthwise_wgrad_nhwc_kernel<scalar_t, acc_t>>(
             grid, block, 0, c10::cuda::getCurrentCUDAStream(), grad_output.const_data_ptr<scalar_t>(),
             act != Activation::None ? output.const_data_ptr<scalar_t>() : nullptr,
-            input.const_data_ptr<scalar_t>(), partials.mutable_data_ptr<acc_t>(), p, static_cast<int>(act),
-            pixels_per_split);
+            input.const_data_ptr<scalar_t>(), partials.mutable_data_ptr<acc_t>(), p,
+            static_cast<int64_t>(act), pixels_per_split);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         reduce_weight_splits(partials, splits, slice, grad_weight, 1, s.kernel_h, s.kernel_w);
       });

@@ -23,7 +23,7 @@ struct EpilogueParams {
   int64_t row_group_stride;  // rows added per group (wgrad: the group's out-channel block)
   int64_t col_group_stride;  // columns added per group (forward/dgrad: the group's channel block)
   int64_t split_stride;      // elements between the workspace slices of consecutive K splits
-  int activation;
+  int64_t activation;
   bool pair_ok;  // out/residual/bias allow 2-element vector access at even column offsets
 };
 

@@ -78,7 +78,7 @@ constexpr int kColSumThreadsX = 32, kColSumThreadsY = 8;
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kColSumThreadsX* kColSumThreadsY)
     channel_partial_sum_kernel(const T* __restrict__ grad_output, const T* __restrict__ output,
-                               int activation, int64_t rows, int64_t channels, int64_t rows_per_split,
+                               int64_t activation, int64_t rows, int64_t channels, int64_t rows_per_split,
                                acc_t* __restrict__ partials) {
   __shared__ acc_t partial[kColSumThreadsY][kColSumThreadsX];
   const Activation act = static_cast<Activation>(activation);
@@ -221,7 +221,7 @@ void conv_gemm_forward(const at::Tensor& input, const at::Tensor& weight_ohwi, c
   p.ep.ldc = s.out_channels;
   p.ep.row_group_stride = 0;
   p.ep.col_group_stride = p.out_cg;
-  p.ep.activation = static_cast<int>(act);
+  p.ep.activation = static_cast<int64_t>(act);
   const size_t pair_bytes = 2 * input.element_size();
   p.ep.pair_ok = s.out_channels % 2 == 0 && p.out_cg % 2 == 0 && is_aligned(p.ep.out, pair_bytes) &&
                  (p.ep.bias == nullptr || is_aligned(p.ep.bias, pair_bytes)) &&
@@ -239,7 +239,7 @@ void conv_gemm_dgrad(const at::Tensor& grad_output, const at::Tensor& output, co
   p.K = s.kernel_h * s.kernel_w * p.out_cg;
   p.a = grad_output.const_data_ptr();
   p.a_aux = act != Activation::None ? output.const_data_ptr() : nullptr;
-  p.grad_activation = static_cast<int>(act);
+  p.grad_activation = static_cast<int64_t>(act);
   p.b = weight_ihwo.const_data_ptr();
   p.a_vec = p.out_cg % vec == 0 && is_aligned(p.a, 16) && (p.a_aux == nullptr || is_aligned(p.a_aux, 16));
   p.b_vec = p.out_cg % vec == 0 && is_aligned(p.b, 16);
@@ -263,7 +263,7 @@ void conv_gemm_wgrad(const at::Tensor& grad_output, const at::Tensor& output, co
   p.K = s.batch * s.out_h * s.out_w;
   p.a = grad_output.const_data_ptr();
   p.a_aux = act != Activation::None ? output.const_data_ptr() : nullptr;
-  p.grad_activation = static_cast<int>(act);
+  p.grad_activation = static_cast<int64_t>(act);
   p.b = input.const_data_ptr();
   p.a_vec = p.out_cg % vec == 0 && is_aligned(p.a, 16) && (p.a_aux == nullptr || is_aligned(p.a_aux, 16));
   p.b_vec = p.in_cg % vec == 0 && is_aligned(p.b, 16);
@@ -312,7 +312,7 @@ void channel_grad_sum(const at::Tensor& grad_output, const at::Tensor& output, c
         const dim3 block(kColSumThreadsX, kColSumThreadsY);
         launch_kernel<channel_partial_sum_kernel<scalar_t, acc_t>>(
             grid, block, 0, c10::cuda::getCurrentCUDAStream(), grad_output.const_data_ptr<scalar_t>(),
-            act != Activation::None ? output.const_data_ptr<scalar_t>() : nullptr, static_cast<int>(act),
+            act != Activation::None ? output.const_data_ptr<scalar_t>() : nullptr, static_cast<int64_t>(act),
             rows, channels, rows_per_split, partials.mutable_data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         reduce_weight_splits(partials, splits, channels, grad_bias, 1, 1, 1);

@@ -26,7 +26,7 @@ struct GemmParams : ConvGeometry32 {
   const void* a;              // forward: input; dgrad, wgrad: grad_output
   const void* a_aux;          // dgrad, wgrad: the op's output y for act'(y); nullptr when no activation
   const void* b;              // forward: weight [OC,KH,KW,Cg]; dgrad: weight [C,KH,KW,OCg]; wgrad: input
-  int grad_activation;        // activation whose derivative scales A as it is loaded (dgrad, wgrad)
+  int64_t grad_activation;    // activation whose derivative scales A as it is loaded (dgrad, wgrad)
   bool a_vec, b_vec;          // the operand may be moved in aligned 16-byte chunks
   EpilogueParams ep;
 };

@@ -588,7 +588,9 @@ def _activation(size: list[int], ctx: Context, act: ops.Activation) -> Built:
     """An activation's own elementwise op at the networks' activation sizes."""
     x = ctx.rand((ctx.batch, *size))
     eager, _ = ref.torch_activation(act)
-    return Built(ctx.contenders(getattr(_fc, act.name), eager, (x,)), bytes=2 * nbytes(x))
+    kernel = getattr(_fc, act.name)
+    fast = kernel if act.parameter is None else lambda x: kernel(x, act.parameter)
+    return Built(ctx.contenders(fast, eager, (x,)), bytes=2 * nbytes(x))
 
 
 def _activation_backward(size: list[int], ctx: Context, act: ops.Activation) -> Built:
