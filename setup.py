@@ -65,7 +65,7 @@ def _config_stamp(name: str, config: str) -> str:
 
 
 def _main_extension():
-    sources = _rel("csrc/*.cpp") + _rel("csrc/cpu/*.cpp")
+    sources = _rel("csrc/*.cpp") + _rel("csrc/autograd/*.cpp") + _rel("csrc/cpu/*.cpp")
     cxx_flags = ["-O3", "-fopenmp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not _want_cuda():
@@ -123,7 +123,7 @@ def _emulation_extension():
     name = "_C_emu" + os.environ.get("FASTCNN_EMU_SUFFIX", "")
     return CppExtension(
         f"fastcnn.{name}",
-        ["csrc/ops.cpp"] + _rel("csrc/emu/*.cpp") + _emulation_units(),
+        ["csrc/ops.cpp"] + _rel("csrc/autograd/*.cpp") + _rel("csrc/emu/*.cpp") + _emulation_units(),
         include_dirs=[os.path.join(ROOT, "csrc", "emu", "include"), os.path.join(ROOT, "csrc")],
         depends=_headers() + _rel("csrc/cuda/**/*.cu") + [_config_stamp(name, " ".join(flags))],
         extra_compile_args={"cxx": flags},

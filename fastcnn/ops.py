@@ -1,8 +1,10 @@
 """Functional fastcnn ops: the Python face of ``torch.ops.fastcnn.*``.
 
 Signatures mirror ``torch.nn.functional``. Each op runs fastcnn's own CPU or CUDA kernel, differentiates
-through fastcnn's backward kernels (registered with ``torch.library.register_autograd``) and has a fake
-(shape-only) kernel, so models built from these ops run under ``torch.compile(fullgraph=True)``.
+through fastcnn's backward kernels (autograd formulas registered in C++ under ``csrc/autograd/`` for
+conv2d, add and the activations, whose per-call cost matters on small layers, and with
+``torch.library.register_autograd`` for the others) and has a fake (shape-only) kernel, so models built
+from these ops run under ``torch.compile(fullgraph=True)``.
 
 The conv, linear, batch-norm and add ops take a fused epilogue: ``activation`` (a name in
 :data:`ACTIVATIONS`: "relu", "sigmoid", "tanh", "relu6", "silu", "hardswish", "hardsigmoid", "gelu",
@@ -547,37 +549,8 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, activat
     return _empty_like_format(input, (input.shape[0], weight.shape[0], out_h, out_w))
 
 
-def _conv2d_setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups, activation, residual = inputs
-    ctx.conv_args = (stride, padding, dilation, groups)
-    ctx.activation = activation
-    ctx.has_bias = bias is not None
-    ctx.save_for_backward(input, weight, output if activation else None)
-
-
-def _conv2d_backward(ctx, grad_output):
-    input, weight, output = ctx.saved_tensors
-    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-    need_residual = ctx.needs_input_grad[8]
-    activation = ctx.activation
-    if need_residual and activation:
-        # The residual's gradient is grad_output through the activation: form it once and share it.
-        grad_output = _ops.activation_backward(grad_output, output, activation)
-        activation, output = 0, None
-    grad_input = grad_weight = grad_bias = None
-    if need_input or need_weight or (need_bias and ctx.has_bias):
-        mask = [need_input, need_weight, need_bias and ctx.has_bias]
-        grad_input, grad_weight, grad_bias = _ops.conv2d_backward(
-            grad_output, input, weight, output, *ctx.conv_args, activation, mask
-        )
-        grad_input, grad_weight, grad_bias = (
-            g if m else None for g, m in zip((grad_input, grad_weight, grad_bias), mask, strict=True)
-        )
-    grad_residual = grad_output if need_residual else None
-    return grad_input, grad_weight, grad_bias, None, None, None, None, None, grad_residual
-
-
-torch.library.register_autograd("fastcnn::conv2d", _conv2d_backward, setup_context=_conv2d_setup_context)
+# fastcnn::conv2d's autograd formula is registered in C++ (csrc/autograd/conv2d.cpp): a Python
+# registration's per-call cost was most of a small conv's time.
 
 
 @torch.library.register_fake("fastcnn::conv2d_backward")
@@ -1146,69 +1119,8 @@ def _activation_backward_fake(grad_output, saved, activation):
     return _empty_like_format(saved, saved.shape)
 
 
-def _save_output(ctx, inputs, output):
-    ctx.save_for_backward(output)
-
-
-def _save_input(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-
-
-def _activation_autograd(code: int):
-    def backward(ctx, grad_output):
-        (saved,) = ctx.saved_tensors
-        return _ops.activation_backward(grad_output, saved, code)
-
-    return backward
-
-
-def _parametrised_setup_context(ctx, inputs, output):
-    # The parameter decides the saved tensor (leaky_relu: the output for a slope >= 0, else the input).
-    act = ACTIVATIONS[ctx.name].with_parameter(inputs[1])
-    ctx.code = act.code
-    ctx.save_for_backward(output if act.grad_from_output else inputs[0])
-
-
-def _parametrised_backward(ctx, grad_output):
-    (saved,) = ctx.saved_tensors
-    return _ops.activation_backward(grad_output, saved, ctx.code), None
-
-
-def _parametrised_autograd(name: str):
-    def setup_context(ctx, inputs, output):
-        ctx.name = name
-        _parametrised_setup_context(ctx, inputs, output)
-
-    return setup_context
-
-
+# The activations' and add's autograd formulas are registered in C++ (csrc/autograd/activation.cpp), for
+# the per-call cost; their fake kernels are these.
 for _act in ACTIVATIONS.values():
     torch.library.register_fake(f"fastcnn::{_act.name}", _elementwise_fake)
-    if _act.parameter_name is not None:
-        torch.library.register_autograd(
-            f"fastcnn::{_act.name}",
-            _parametrised_backward,
-            setup_context=_parametrised_autograd(_act.name),
-        )
-        continue
-    torch.library.register_autograd(
-        f"fastcnn::{_act.name}",
-        _activation_autograd(_act.code),
-        setup_context=_save_output if _act.grad_from_output else _save_input,
-    )
 del _act
-
-
-def _add_setup_context(ctx, inputs, output):
-    ctx.activation = inputs[2]
-    ctx.save_for_backward(output if inputs[2] else None)
-
-
-def _add_backward(ctx, grad_output):
-    (output,) = ctx.saved_tensors
-    if ctx.activation:
-        grad_output = _ops.activation_backward(grad_output, output, ctx.activation)
-    return grad_output, grad_output, None
-
-
-torch.library.register_autograd("fastcnn::add", _add_backward, setup_context=_add_setup_context)

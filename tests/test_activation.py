@@ -265,8 +265,14 @@ def test_elementwise_opcheck(device):
             op = getattr(torch.ops.fastcnn, ops.resolve_activation(name).name)
             x = _make(layout, torch.float64, device)
             torch.library.opcheck(op.default, raw_activation_args(name, x))
-        for code in CODE.values():
-            args = (_make(layout, torch.float64, device), _make(layout, torch.float64, device), code)
+        for name, code in CODE.items():
+            # A fused add differentiates only activations written in its output (the others raise).
+            grad = name is None or GRAD_FROM_OUTPUT[name]
+            args = (
+                _make(layout, torch.float64, device, requires_grad=grad),
+                _make(layout, torch.float64, device, requires_grad=grad),
+                code,
+            )
             torch.library.opcheck(torch.ops.fastcnn.add.default, args)
             y = torch.sigmoid(_make(layout, torch.float64, device, requires_grad=False))
             g = _make(layout, torch.float64, device, requires_grad=False)
@@ -362,6 +368,19 @@ BAD = [
 def test_elementwise_bad_input(call, match):
     with pytest.raises((ValueError, RuntimeError, TypeError), match=match):
         call()
+
+
+def test_fused_add_refuses_to_differentiate_an_input_grad_activation():
+    """Called directly, a fused add with silu cannot be differentiated (its pre-activation is gone):
+    backward raises instead of returning a wrong gradient; fastcnn.ops.add runs the activation apart."""
+    x, y = _t(2, 3).requires_grad_(), _t(2, 3).requires_grad_()
+    out = torch.ops.fastcnn.add(x, y, CODE["silu"])
+    with pytest.raises(RuntimeError, match="add cannot differentiate a fused silu"):
+        out.sum().backward()
+    ops.add(x, y, activation="silu").sum().backward()
+    xr, yr = x.detach().requires_grad_(), y.detach().requires_grad_()
+    F.silu(xr + yr).sum().backward()
+    assert_close(x.grad, xr.grad)
 
 
 def test_add_empty_batch_is_an_error_or_empty():

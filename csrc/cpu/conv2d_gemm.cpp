@@ -118,8 +118,16 @@ void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias,
                        Activation act) {
   const int64_t nr = cpu::kernels<T>().nr;
   const int64_t threads = at::get_num_threads();
+  // The widest chunk (a multiple of nr) whose panels fit the col budget, no wider than the image and
+  // narrow enough that N * chunks >= 2 * threads where the image allows; in closed form, because a
+  // search down in steps of nr costs microseconds per call on small images.
   int64_t chunk = std::max<int64_t>(nr, kColBudget / std::max<int64_t>(g.K, 1) / nr * nr);
-  while (chunk > nr && g.N * ((g.P + chunk - 1) / chunk) < 2 * threads) chunk -= nr;
+  chunk = std::min(chunk, (g.P + nr - 1) / nr * nr);
+  const int64_t wanted_chunks = (2 * threads + g.N - 1) / g.N;
+  if (wanted_chunks > 1) {
+    // ceil(P / c) >= wanted exactly when c * (wanted - 1) < P.
+    chunk = std::max(nr, std::min(chunk, (g.P - 1) / (wanted_chunks - 1) / nr * nr));
+  }
   const int64_t chunks = (g.P + chunk - 1) / chunk;
   const int64_t tasks = g.N * chunks;
   const int64_t slots = cpu::num_slots(tasks);
