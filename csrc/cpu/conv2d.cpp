@@ -27,6 +27,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -40,6 +41,7 @@
 #include "cpu/conv2d_depthwise.h"
 #include "cpu/conv2d_gemm.h"
 #include "cpu/conv2d_geometry.h"
+#include "cpu/epilogue.h"
 #include "cpu/slots.h"
 
 namespace fastcnn {
@@ -132,6 +134,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     w = weight.contiguous();
   }
 
+  // Stride-1 NCHW dgrad is itself a convolution: grad_output with the flipped, transposed weight and
+  // padding k - 1 - p. The forward kernel's block-copy im2col and its single pass over grad_input beat
+  // col2im's scatter of K partial sums per input element (benchmarks/NOTES.md), once that convolution
+  // has output channels enough for the GEMM's row blocks (measured from 16; at 1 it is twice as slow).
+  const bool dgrad_as_forward = need_input && !nhwc && !g.direct && groups == 1 && s.in_channels >= 16 &&
+                                s.stride_h == 1 && s.stride_w == 1 && s.dilation_h == 1 &&
+                                s.dilation_w == 1 && s.pad_h < s.kernel_h && s.pad_w < s.kernel_w;
   at::Tensor grad_input = at::empty({0}, opts), grad_weight = at::empty({0}, opts),
              grad_bias = at::empty({0}, opts);
 
@@ -142,11 +151,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     a.x = x.const_data_ptr<scalar_t>();
     a.w = w.const_data_ptr<scalar_t>();
     at::Tensor w_t;
-    if (!nhwc && !g.depthwise() && need_input) {
+    if (!nhwc && !g.depthwise() && need_input && !dgrad_as_forward) {
       w_t = w.reshape({groups, g.OCg, g.K}).transpose(1, 2).contiguous();
       a.w_t = w_t.const_data_ptr<scalar_t>();
     }
     a.act = act;
+    a.weight_grad_transposed = cpu::nchw_weight_grad_transposed(g);
 
     if (g.depthwise()) {
       if (need_input) {
@@ -170,6 +180,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       return;
     }
 
+    at::Tensor grad_pre;
+    if (dgrad_as_forward) {
+      grad_pre = go;
+      if (has_act) {
+        grad_pre = at::empty_like(go);
+        const int64_t planes = g.N * g.OC;
+        scalar_t* gpp = grad_pre.mutable_data_ptr<scalar_t>();
+        at::parallel_for(0, planes, std::max<int64_t>(1, 32768 / std::max<int64_t>(g.P, 1)),
+                         [&](int64_t begin, int64_t end) {
+                           cpu::grad_pre_block<scalar_t>(a.grad_out + begin * g.P, g.P, a.out + begin * g.P,
+                                                         g.P, gpp + begin * g.P, g.P, end - begin, g.P, act);
+                         });
+        // wgrad and bias below read the activation's gradient already formed.
+        a.grad_out = grad_pre.const_data_ptr<scalar_t>();
+        a.out = nullptr;
+        a.act = Activation::None;
+      }
+      Conv2dShape t{};
+      t.batch = s.batch, t.in_channels = s.out_channels, t.in_h = s.out_h, t.in_w = s.out_w;
+      t.out_channels = s.in_channels, t.kernel_h = s.kernel_h, t.kernel_w = s.kernel_w;
+      t.out_h = s.in_h, t.out_w = s.in_w, t.groups = 1;
+      t.stride_h = t.stride_w = t.dilation_h = t.dilation_w = 1;
+      t.pad_h = s.kernel_h - 1 - s.pad_h, t.pad_w = s.kernel_w - 1 - s.pad_w;
+      const at::Tensor flipped = weight.flip({2, 3}).transpose(0, 1).contiguous();
+      grad_input = at::empty(input.sizes(), opts);
+      cpu::conv_forward_nchw<scalar_t>(Geometry(t, false), a.grad_out, flipped.const_data_ptr<scalar_t>(),
+                                       nullptr, nullptr, grad_input.mutable_data_ptr<scalar_t>(),
+                                       Activation::None);
+      if (!need_weight && !need_bias) return;
+    }
+    const bool gemm_input = need_input && !dgrad_as_forward;
+
     const int64_t tasks = g.num_tasks();
     const int64_t threads = at::get_num_threads();
     // A whole sample per slot when the batch splits evenly enough; otherwise chunk-level slots, with
@@ -177,7 +219,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     const bool sample_owned = g.N >= threads && (g.N % threads == 0 || g.N >= 4 * threads);
     const int64_t slots = cpu::num_slots(sample_owned ? g.N : tasks);
     at::Tensor private_grads;
-    if (need_input) {
+    if (gemm_input) {
       const bool scatter = !g.direct;
       if (scatter) {
         grad_input = at::empty(input.sizes(), opts.memory_format(fmt)).zero_();
@@ -218,9 +260,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       at::Tensor gw = at::empty({s.out_channels * g.K}, opts);
       cpu::reduce_partials<scalar_t>(weight_partials.const_data_ptr<scalar_t>(), slots, s.out_channels * g.K,
                                      s.out_channels * g.K, gw.mutable_data_ptr<scalar_t>());
-      grad_weight =
-          nhwc ? gw.view({s.out_channels, s.kernel_h, s.kernel_w, g.Cg}).permute({0, 3, 1, 2}).contiguous()
-               : gw.view(weight.sizes());
+      if (nhwc) {
+        grad_weight =
+            gw.view({s.out_channels, s.kernel_h, s.kernel_w, g.Cg}).permute({0, 3, 1, 2}).contiguous();
+      } else if (a.weight_grad_transposed) {
+        grad_weight = gw.view({groups, g.K, g.OCg}).transpose(1, 2).contiguous().view(weight.sizes());
+      } else {
+        grad_weight = gw.view(weight.sizes());
+      }
     }
     if (need_bias) {
       grad_bias = at::empty({s.out_channels}, opts);

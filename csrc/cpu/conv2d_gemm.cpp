@@ -164,6 +164,7 @@ void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias,
   cpu::for_each_slot(tasks, slots, [&](int64_t, int64_t t_begin, int64_t t_end) {
     std::vector<T> panels(cpu::packed_b_size<T>(g.K, chunk));
     std::vector<int64_t> q_off(chunk);
+    std::vector<int64_t> run_start(nr + 1);
     for (int64_t t = t_begin; t < t_end; ++t) {
       const int64_t n = t / chunks, p0 = t % chunks * chunk, p1 = std::min(g.P, p0 + chunk), rows = p1 - p0;
       for (int64_t p = p0; p < p1; ++p) q_off[p - p0] = (p / g.OW * g.sh) * row_size + p % g.OW * g.sw;
@@ -176,10 +177,29 @@ void conv_forward_nchw(const Geometry& g, const T* x, const T* w, const T* bias,
             const int64_t width = std::min(nr, rows - j0);
             T* panel = panels.data() + j0 * g.K;
             const int64_t* __restrict__ q = q_off.data() + j0;
-            for (int64_t k = 0; k < g.K; ++k) {
-              const T* __restrict__ src = planes + k_off[k];
-              T* __restrict__ dst = panel + k * nr;
-              for (int64_t l = 0; l < width; ++l) dst[l] = src[q[l]];
+            // Pixels of one output row read consecutive inputs at stride 1: the panel's columns split
+            // into a few runs, each a block copy per tap, in place of a gather of every element.
+            int64_t runs = 0;
+            for (int64_t l = 0; l < width; ++l) {
+              if (l == 0 || q[l] != q[l - 1] + 1) run_start[runs++] = l;
+            }
+            run_start[runs] = width;
+            if (2 * runs <= width) {
+              for (int64_t k = 0; k < g.K; ++k) {
+                const T* __restrict__ src = planes + k_off[k];
+                T* __restrict__ dst = panel + k * nr;
+                for (int64_t r = 0; r < runs; ++r) {
+                  const int64_t l0 = run_start[r], l1 = run_start[r + 1];
+                  const T* __restrict__ s = src + q[l0] - l0;
+                  for (int64_t l = l0; l < l1; ++l) dst[l] = s[l];
+                }
+              }
+            } else {
+              for (int64_t k = 0; k < g.K; ++k) {
+                const T* __restrict__ src = planes + k_off[k];
+                T* __restrict__ dst = panel + k * nr;
+                for (int64_t l = 0; l < width; ++l) dst[l] = src[q[l]];
+              }
             }
           }
         }
@@ -275,8 +295,13 @@ void backward_chunk(const Geometry& g, const BackwardArgs<T>& a, int64_t slot, i
           src = col.data();
           ld = rows;
         }
-        cpu::gemm<T>(false, true, g.OCg, g.K, rows, gp_g, ldgp, src, ld, wpart + grp * g.OCg * g.K, g.K,
-                     true);
+        if (a.weight_grad_transposed) {
+          cpu::gemm<T>(false, true, g.K, g.OCg, rows, src, ld, gp_g, ldgp, wpart + grp * g.OCg * g.K, g.OCg,
+                       true);
+        } else {
+          cpu::gemm<T>(false, true, g.OCg, g.K, rows, gp_g, ldgp, src, ld, wpart + grp * g.OCg * g.K, g.K,
+                       true);
+        }
       }
       if (a.grad_in) {
         if (g.direct) {

@@ -51,13 +51,24 @@ struct Geometry {
   bool depthwise() const { return groups > 1 && Cg == 1; }
 };
 
+// The output positions o whose input coordinate o * stride + off lies in [0, in): [first, last_excl).
+// Made once per tap (its two divisions), then clamped to each output segment.
+struct ValidSpan {
+  int64_t first, last_excl;
+  ValidSpan(int64_t off, int64_t stride, int64_t in)
+      : first(off >= 0 ? 0 : (-off + stride - 1) / stride),
+        last_excl(in - off <= 0 ? 0 : (in - 1 - off) / stride + 1) {}
+  // The valid positions within [o0, o1): [lo, hi).
+  void clamp(int64_t o0, int64_t o1, int64_t& lo, int64_t& hi) const {
+    lo = std::clamp(first, o0, o1);
+    hi = std::clamp(last_excl, lo, o1);
+  }
+};
+
 // Output positions o in [o0, o1) whose input coordinate o * stride + off lies in [0, in).
 inline void valid_range(int64_t off, int64_t stride, int64_t in, int64_t o0, int64_t o1, int64_t& lo,
                         int64_t& hi) {
-  const int64_t first = off >= 0 ? 0 : (-off + stride - 1) / stride;
-  const int64_t last_excl = in - off <= 0 ? 0 : (in - 1 - off) / stride + 1;
-  lo = std::clamp(first, o0, o1);
-  hi = std::clamp(last_excl, lo, o1);
+  ValidSpan(off, stride, in).clamp(o0, o1, lo, hi);
 }
 
 template <typename T>
@@ -68,10 +79,20 @@ struct BackwardArgs {
   const T* w;          // [OC, K], K ordered (kh, kw, c) for NHWC and (c, kh, kw) for NCHW
   const T* w_t;        // NCHW only: [groups, K, OCg], the transpose dgrad reads row by row
   T* grad_in;          // null when not requested; zero-filled by the caller unless the conv is direct
-  T* weight_partials;  // [slots, OC * K], zero-filled; null when not requested
-  T* bias_partials;    // [slots, OC], zero-filled; null when not requested
+  T* weight_partials;  // [slots, OC * K] ([slots, groups, K, OCg] if weight_grad_transposed), zero-filled;
+                       // null when not requested
+  // NCHW: wgrad computed as its transpose col @ grad^T, so that the GEMM packs grad_output's OCg rows
+  // instead of the K = Cg * KH * KW im2col rows (see nchw_weight_grad_transposed).
+  bool weight_grad_transposed;
+  T* bias_partials;  // [slots, OC], zero-filled; null when not requested
   Activation act;
 };
+
+// Whether NCHW wgrad packs grad_output (OCg rows) rather than the im2col rows (K): the GEMM packs its B
+// operand transposed on every call, so the smaller one is packed.
+inline bool nchw_weight_grad_transposed(const Geometry& g) {
+  return !g.channels_last && g.K > g.OCg;
+}
 
 }  // namespace cpu
 }  // namespace fastcnn

@@ -91,15 +91,18 @@ template <typename T, bool kCol2im>
 void nchw_col_pass(const Geometry& g, std::conditional_t<kCol2im, T*, const T*> planes, int64_t p0,
                    int64_t p1, std::conditional_t<kCol2im, const T*, T*> col) {
   const int64_t rows = p1 - p0;
+  // Rows of small images are short: the divisions locating a segment would cost more than copying it,
+  // so the chunk's first output row is located once and each tap's valid span computed once.
+  const int64_t oh_first = p0 / g.OW, ow_first = p0 % g.OW;
   for (int64_t c = 0; c < g.Cg; ++c) {
     for (int64_t kh = 0; kh < g.KH; ++kh) {
       for (int64_t kw = 0; kw < g.KW; ++kw) {
         auto* line = col + ((c * g.KH + kh) * g.KW + kw) * rows;
         auto* plane = planes + c * g.HW;
         const int64_t off_w = kw * g.dw - g.pw;
-        int64_t p = p0;
-        while (p < p1) {
-          const int64_t oh = p / g.OW, ow0 = p % g.OW;
+        const ValidSpan span(off_w, g.sw, g.W);
+        int64_t p = p0, oh = oh_first, ow0 = ow_first;
+        for (; p < p1; ++oh, ow0 = 0) {
           const int64_t ow1 = std::min(g.OW, ow0 + (p1 - p));
           const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
           auto* seg = line + (p - p0);
@@ -107,7 +110,7 @@ void nchw_col_pass(const Geometry& g, std::conditional_t<kCol2im, T*, const T*> 
             if constexpr (!kCol2im) std::fill_n(seg, ow1 - ow0, T(0));
           } else {
             int64_t lo, hi;
-            valid_range(off_w, g.sw, g.W, ow0, ow1, lo, hi);
+            span.clamp(ow0, ow1, lo, hi);
             auto* in_row = plane + ih * g.W + off_w;
             if constexpr (kCol2im) {
               if (g.sw == 1) {
