@@ -131,6 +131,11 @@ HAND_PICKED = [
     ConvCase(
         2, 8, 16, (12, 13), (3, 3), stride=2, padding=1, activation="relu", residual=True, channels_last=True
     ),  # a size with some reduction depth (72 per output)
+    # NCHW stride 1 with >= 16 input channels: dgrad runs as a forward conv with the flipped weight.
+    ConvCase(2, 16, 8, (7, 6), (3, 3), padding=1, activation="relu", residual=True),
+    ConvCase(2, 16, 5, (6, 7), (3, 2), padding=(2, 0), activation="tanh"),  # asymmetric kernel and padding
+    ConvCase(1, 17, 3, (5, 6), (5, 5), padding=2, activation="leaky_relu(0.2)"),
+    ConvCase(2, 16, 4, (5, 5), (3, 3), padding=3),  # padding beyond k - 1: the col2im dgrad
 ]
 
 

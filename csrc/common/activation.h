@@ -216,13 +216,18 @@ struct LeakyReLUFunctor {
   static constexpr const char* kParameterName = "negative_slope";  // its standalone op's argument
   double negative_slope;
   C10_HOST_DEVICE bool grad_from_output() const { return negative_slope >= 0; }
+  // The product is formed unconditionally and then selected: a multiply only on the negative side may
+  // trap where the other side would not, so the compiler keeps it scalar behind a branch (measured 40x
+  // slower than PyTorch on random signs); an unconditional one vectorises to a multiply and a blend.
   template <typename T>
   C10_HOST_DEVICE T forward(T x) const {
-    return x > T(0) ? x : x * static_cast<T>(negative_slope);
+    const T scaled = x * static_cast<T>(negative_slope);
+    return x > T(0) ? x : scaled;
   }
   template <typename T>
   C10_HOST_DEVICE T backward(T g, T s) const {
-    return s > T(0) ? g : g * static_cast<T>(negative_slope);
+    const T scaled = g * static_cast<T>(negative_slope);
+    return s > T(0) ? g : scaled;
   }
 };
 
