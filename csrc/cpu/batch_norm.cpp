@@ -205,6 +205,8 @@ FASTCNN_SIMD_CLONES void plane_grad_sums(const ActivationFunctor<A> act, const T
                                          const T* __restrict y, const T* __restrict x, int64_t n, double mean,
                                          double* __restrict sum_g_out, double* __restrict sum_gx_out) {
   double sum_g = 0, sum_gx = 0;
+  // A vector reduction (see run_moments); the activation's derivative is taken in T before widening.
+#pragma omp simd reduction(+ : sum_g, sum_gx)
   for (int64_t i = 0; i < n; ++i) {
     const double gi = static_cast<double>(act.backward(g[i], y[i]));
     sum_g += gi;

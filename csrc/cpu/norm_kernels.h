@@ -15,14 +15,19 @@ namespace fastcnn {
 namespace cpu {
 
 // Mean and sum of squared deviations of n contiguous values: a sum pass, then a deviation pass over the
-// run while it is in cache (no E[x^2] - E[x]^2 cancellation).
+// run while it is in cache (no E[x^2] - E[x]^2 cancellation). The sums are `omp simd` reductions: a plain
+// `sum += v[i]` may not be reordered (no -ffast-math), so it runs one dependent add at a time (measured
+// 4x slower than PyTorch's batch_norm backward); the vector lanes' order depends on the ISA clone, never
+// on the thread count.
 template <typename T>
 FASTCNN_SIMD_CLONES void run_moments(const T* __restrict x, int64_t n, double* __restrict mean_out,
                                      double* __restrict m2_out) {
   double sum = 0;
+#pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]);
   const double mean = sum / static_cast<double>(n);
   double m2 = 0;
+#pragma omp simd reduction(+ : m2)
   for (int64_t i = 0; i < n; ++i) {
     const double d = static_cast<double>(x[i]) - mean;
     m2 += d * d;

@@ -56,6 +56,11 @@ class Preset:
 PRESETS = {
     "quick": Preset(2, 1, (2,), (32,), ("resnet18",), False, 5, 0.01, 20, 3),
     "full": Preset(None, None, (8,), (32, 128), ("resnet18", "resnet50"), True, 15, 0.05, 50, 5),
+    # Whole networks at three batch sizes (with --ops model): converted + fused inference against eager
+    # and torch.compile, and the ResNets' training step.
+    "models": Preset(
+        None, None, (1, 8, 32), (1, 8, 32), ("resnet18", "resnet50", "mobilenet_v2"), True, 5, 0.05, 20, 3
+    ),
 }
 
 
