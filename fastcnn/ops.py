@@ -416,6 +416,8 @@ def _apply_activation(act: Activation, out: Tensor) -> Tensor:
 def _pair(value: IntPair, name: str) -> list[int]:
     if isinstance(value, int):
         return [value, value]
+    if not isinstance(value, (list, tuple, torch.Size)):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     values = list(value)
     if len(values) == 1:
         values = values * 2
@@ -511,10 +513,50 @@ def conv2d(
 ) -> Tensor:
     """2-D convolution with a fused epilogue: ``act(conv2d(input, weight) + bias + residual)``.
 
-    Arguments follow :func:`torch.nn.functional.conv2d` (``padding`` may be an int, a pair, "same" or
-    "valid"; ``groups == in_channels`` is a depthwise conv). ``activation`` is None or a name in
-    :data:`ACTIVATIONS`; ``residual`` must have the output's shape. Input may be 4-D or unbatched 3-D, NCHW or
-    channels_last; the output follows the input's memory format.
+    Arguments follow :func:`torch.nn.functional.conv2d`; the epilogue (bias, residual add, activation)
+    runs in the convolution's own kernel, so it costs no extra pass over the output.
+
+    Args:
+        input: ``[N, C_in, H, W]``, or unbatched ``[C_in, H, W]``; NCHW (contiguous) or channels_last.
+            An empty batch (N = 0) gives an empty output, as in PyTorch.
+        weight: ``[C_out, C_in / groups, kH, kW]``.
+        bias: optional ``[C_out]``.
+        stride, dilation: an int or a pair of ints.
+        padding: an int, a pair of ints, ``"same"`` (stride 1 only) or ``"valid"``.
+        groups: ``C_in`` and ``C_out`` must both be divisible by it; ``groups == C_in`` is a depthwise
+            conv.
+        activation: None, a name in :data:`ACTIVATIONS` (``"relu"``, ``"silu"``, ...), or one with its
+            parameter, such as ``"leaky_relu(0.1)"``; applied after the bias and the residual.
+        residual: optional tensor of the output's shape (no broadcasting), added before the activation:
+            the ResNet join ``relu(conv(x) + identity)``.
+
+    Dtypes: float32 and float64 on the CPU (float16/bfloat16 CPU inputs under ``torch.autocast`` run in
+    float32); float16, bfloat16, float32 and float64 on CUDA. ``input``, ``weight``, ``bias`` and
+    ``residual`` share one dtype and device. Differentiable in ``input``, ``weight``, ``bias`` and
+    ``residual``.
+
+    Returns:
+        ``[N, C_out, H_out, W_out]`` (``[C_out, H_out, W_out]`` for an unbatched input) in ``input``'s
+        dtype and memory format.
+
+    Raises:
+        TypeError: ``input`` or ``weight`` is not a tensor.
+        ValueError: ``input`` is not 3-D or 4-D; ``stride``, ``padding`` or ``dilation`` is not one of
+            the forms above (the message names it); ``padding="same"`` with a stride other than 1; an
+            unknown ``activation`` or a bad parameter for it.
+        RuntimeError: a dtype the device's kernels do not take (e.g. float16 on the CPU outside
+            autocast, an integer tensor); tensors of different dtypes or devices; ``input``'s channels
+            do not match ``weight.shape[1] * groups``; an output smaller than 1x1; a ``residual`` whose
+            shape is not the output's.
+
+    Example:
+        >>> x = torch.randn(2, 16, 32, 32)
+        >>> w = torch.randn(32, 16, 3, 3) / 12
+        >>> y = fastcnn.ops.conv2d(x, w, torch.zeros(32), padding=1, activation="relu")
+        >>> y.shape
+        torch.Size([2, 32, 32, 32])
+        >>> z = fastcnn.ops.conv2d(y, torch.randn(32, 32, 3, 3) / 17, padding=1, activation="relu",
+        ...                        residual=y)  # relu(conv(y) + y) in one kernel
     """
     batched = _batched(input)
     _check_tensor(weight, "weight")

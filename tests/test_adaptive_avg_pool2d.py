@@ -132,8 +132,6 @@ BAD = [
         lambda: torch.ops.fastcnn.adaptive_avg_pool2d(_t(1, 2, 4, 4), [0, 2]),
         r"output_size",
     ),
-    ("empty-batch", lambda: ops.adaptive_avg_pool2d(_t(0, 2, 4, 4), 2), r"batch"),
-    ("empty-batch-direct", lambda: torch.ops.fastcnn.adaptive_avg_pool2d(_t(0, 2, 4, 4), [2, 2]), r"batch"),
     ("empty-spatial-direct", lambda: torch.ops.fastcnn.adaptive_avg_pool2d(_t(1, 2, 0, 4), [2, 2]), r"input"),
     (
         "backward-grad-dims-direct",

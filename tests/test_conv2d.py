@@ -605,8 +605,8 @@ BAD_CONV = [
         lambda: _direct(_t(1, 3, 5, 5), _t(2, 3, 3, 3), act=-1),
         r"activation",
     ),
-    ("empty-batch", lambda: ops.conv2d(_t(0, 3, 5, 5), _t(2, 3, 3, 3)), r"batch"),
-    ("empty-batch-direct", lambda: _direct(_t(0, 3, 5, 5), _t(2, 3, 3, 3)), r"batch"),
+    ("padding-float", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), padding=1.0), r"padding"),
+    ("stride-float-pair", lambda: ops.conv2d(_t(1, 3, 5, 5), _t(2, 3, 3, 3), stride=(1.0, 1)), r"stride"),
     # the backward op checks its own arguments too
     (
         "backward-grad-shape-direct",

@@ -498,7 +498,6 @@ CONV_CORRUPTIONS = [
     "input_int_dtype",
     "input_half_dtype_cpu",
     "weight_dtype",
-    "empty_batch",
     "empty_channels",
     "kernel_too_large",
     "residual_shape",
@@ -552,8 +551,6 @@ def test_conv2d_invalid_configs_raise_clear_errors(corruption, bad, seed, device
         x, w, b, pattern = x.half(), w.half(), b.half(), "input|float"
     elif corruption == "weight_dtype":
         w, pattern = w.double(), "weight"
-    elif corruption == "empty_batch":
-        x, pattern = x[:0], "batch|empty"
     elif corruption == "empty_channels":
         x, w, kw["groups"], pattern = x[:, :0], w[:, :0], 1, "channel|weight|empty"
     elif corruption == "kernel_too_large":
@@ -576,7 +573,6 @@ POOL_CORRUPTIONS = [
     "padding_over_half_kernel",
     "dilation_nonpositive",
     "kernel_too_large",
-    "empty_batch",
     "empty_spatial",
     "input_rank",
     "input_int_dtype",
@@ -622,8 +618,6 @@ def test_pool_invalid_configs_raise_clear_errors(corruption, op, bad, seed, devi
         kw["kernel_size"], kw["padding"], pattern = (7 - bad, 3), 0, "output size|kernel"
     elif corruption == "kernel_length":
         kw["kernel_size"], pattern = (3, 3, 3), "kernel_size"
-    elif corruption == "empty_batch":
-        x, pattern = x[:0], "batch|empty"
     elif corruption == "empty_spatial":
         x, pattern = x[:, :, :0], "input|empty|size"
     elif corruption == "input_rank":
@@ -720,21 +714,59 @@ def test_elementwise_invalid_inputs_raise_clear_errors(corruption, op, seed, dev
 
 
 # ----------------------------------------------------------------------------------------------------------
-# empty batches: rejected by conv/pool (a clear error), accepted by linear (as PyTorch does)
+# empty batches and no input features: what PyTorch returns (its OpInfo samples include both)
 # ----------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op", ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"])
-def test_conv_and_pool_reject_an_empty_batch(op, device):
-    x = torch.randn(0, 3, 8, 8, device=device)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize(
+    "op", ["conv2d", "conv2d_bias_relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
+)
+def test_conv_and_pool_accept_an_empty_batch(op, channels_last, device):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(0, 3, 8, 8, dtype=torch.float64, device=device).to(memory_format=fmt).requires_grad_()
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
     calls = {
-        "conv2d": lambda: ops.conv2d(x, torch.randn(4, 3, 3, 3, device=device), padding=1),
-        "max_pool2d": lambda: ops.max_pool2d(x, 2),
-        "avg_pool2d": lambda: ops.avg_pool2d(x, 2),
-        "adaptive_avg_pool2d": lambda: ops.adaptive_avg_pool2d(x, 1),
+        "conv2d": (lambda: ops.conv2d(x, w, padding=1), lambda: F.conv2d(x, w, padding=1)),
+        "conv2d_bias_relu": (
+            lambda: ops.conv2d(x, w, b, stride=2, activation="relu"),
+            lambda: F.conv2d(x, w, b, stride=2).relu(),
+        ),
+        "max_pool2d": (lambda: ops.max_pool2d(x, 2), lambda: F.max_pool2d(x, 2)),
+        "avg_pool2d": (lambda: ops.avg_pool2d(x, 3, 2, 1), lambda: F.avg_pool2d(x, 3, 2, 1)),
+        "adaptive_avg_pool2d": (lambda: ops.adaptive_avg_pool2d(x, 2), lambda: F.adaptive_avg_pool2d(x, 2)),
     }
-    raises_naming("empty batch", calls[op])
+    fast, reference = calls[op]
+    out, ref = fast(), reference()
+    assert out.shape == ref.shape and out.dtype == ref.dtype and out.device == ref.device
+    out.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    if op.startswith("conv2d"):
+        assert torch.equal(w.grad, torch.zeros_like(w))
+        assert op == "conv2d" or torch.equal(b.grad, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_linear_without_input_features_returns_the_activated_bias(bias, activation, device):
+    x = torch.randn(3, 2, 0, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 0, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True) if bias else None
+    act = {None: lambda t: t, "relu": torch.relu, "sigmoid": torch.sigmoid}[activation]
+    out = ops.linear(x, w, b, activation=activation)
+    ref = act(F.linear(x, w, b))
+    assert out.shape == ref.shape == (3, 2, 4)
+    assert_close(out, ref)
+    weights = torch.randn(out.shape, dtype=torch.float64, device=device)
+    grads = torch.autograd.grad((out * weights).sum(), [x, w] + ([b] if bias else []))
+    ref_grads = torch.autograd.grad((ref * weights).sum(), [x, w] + ([b] if bias else []))
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert got.shape == want.shape
+        if want.numel():
+            assert_close(got, want)
 
 
 @pytest.mark.parametrize("device", DEVICES)

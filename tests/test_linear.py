@@ -247,16 +247,11 @@ def test_linear_bad_input(call, match):
         call()
 
 
-def test_linear_empty_batch_is_an_error_or_empty():
-    """An empty batch must never crash: either a clear error naming the input/batch, or PyTorch's empty
-    result (F.linear accepts it)."""
+def test_linear_empty_batch_is_empty():
+    """An empty batch gives PyTorch's empty result (F.linear accepts it)."""
     x, w, b = _t(0, 3), _t(4, 3), _t(4)
-    try:
-        out = ops.linear(x, w, b)
-    except (ValueError, RuntimeError) as exc:
-        assert "batch" in str(exc) or "input" in str(exc), str(exc)
-    else:
-        assert out.shape == (0, 4)
+    out = ops.linear(x, w, b)
+    assert out.shape == (0, 4)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -3,11 +3,16 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
+#include <c10/util/accumulate.h>
 #include <c10/util/irange.h>
 
+#include <array>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace fastcnn {
@@ -101,7 +106,7 @@ inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weigh
   s.kernel_h = weight.size(2);
   s.kernel_w = weight.size(3);
   s.groups = groups;
-  TORCH_CHECK(s.batch > 0, "fastcnn: input has an empty batch (shape ", input.sizes(), ")");
+  // An empty batch is valid, as in torch.nn.Conv2d: an empty output and zero weight/bias gradients.
   TORCH_CHECK(s.kernel_h > 0 && s.kernel_w > 0 && weight.size(1) > 0,
               "fastcnn: weight must have a non-empty kernel, got shape ", weight.sizes());
   TORCH_CHECK(s.in_channels % groups == 0, "fastcnn: input channels (", s.in_channels,
@@ -168,6 +173,17 @@ inline void check_conv2d_backward(const at::Tensor& grad_output, const at::Tenso
   check_grad_and_output("conv2d_backward", grad_output, input, output, out_sizes, has_activation);
 }
 
+// conv2d_backward over an empty batch, as PyTorch's: an empty grad_input and zero grad_weight and grad_bias
+// (an empty placeholder where output_mask does not ask for one).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_batch_conv2d_grads(
+    const at::Tensor& input, const at::Tensor& weight, std::array<bool, 3> output_mask,
+    at::MemoryFormat fmt) {
+  const auto opts = input.options();
+  return {output_mask[0] ? at::empty(input.sizes(), opts.memory_format(fmt)) : at::empty({0}, opts),
+          output_mask[1] ? at::zeros(weight.sizes(), opts) : at::empty({0}, opts),
+          output_mask[2] ? at::zeros({weight.size(0)}, opts) : at::empty({0}, opts)};
+}
+
 struct LinearShape {
   int64_t rows, in_features, out_features;
   std::vector<int64_t> out_sizes;  // input's leading dims + [out_features]
@@ -185,8 +201,7 @@ inline LinearShape check_linear(const at::Tensor& input, const at::Tensor& weigh
   check_dim(weight, 2, "weight", "out_features, in_features");
   TORCH_CHECK(input.size(-1) == weight.size(1), "fastcnn: linear input's last dimension (", input.size(-1),
               ") must equal weight's in_features (weight shape ", weight.sizes(), ")");
-  TORCH_CHECK(weight.size(1) > 0, "fastcnn: linear weight has no input features (shape ", weight.sizes(),
-              ")");
+  // in_features == 0 is valid, as in F.linear: the output is the bias (or 0), activated.
   TORCH_CHECK(weight.size(0) > 0, "fastcnn: linear weight has no output features (shape ", weight.sizes(),
               ")");
   if (bias.has_value() && bias->defined()) {
@@ -197,8 +212,8 @@ inline LinearShape check_linear(const at::Tensor& input, const at::Tensor& weigh
   LinearShape s{};
   s.in_features = weight.size(1);
   s.out_features = weight.size(0);
-  s.rows = input.numel() / s.in_features;
   s.out_sizes.assign(input.sizes().begin(), input.sizes().end() - 1);
+  s.rows = c10::multiply_integers(s.out_sizes);
   s.out_sizes.push_back(s.out_features);
   return s;
 }
@@ -242,11 +257,11 @@ struct Pool2dShape {
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
 };
 
-// A 4-D pooling input: dtype the device supports, a non-empty batch, channels and spatial size.
+// A 4-D pooling input: dtype the device supports, non-empty channels and spatial size. An empty batch is
+// valid (an empty output), as in torch.nn's pooling.
 inline void check_pool_input(const at::Tensor& input, bool allow_reduced) {
   check_dim(input, 4, "input", "N, C, H, W");
   check_floating(input, "input", allow_reduced);
-  TORCH_CHECK(input.size(0) > 0, "fastcnn: input has an empty batch (shape ", input.sizes(), ")");
   TORCH_CHECK(input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0,
               "fastcnn: input must have non-zero channels and spatial size, got shape ", input.sizes());
 }

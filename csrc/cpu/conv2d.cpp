@@ -62,6 +62,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   const std::vector<int64_t> out_sizes{s.batch, s.out_channels, s.out_h, s.out_w};
   check_residual(residual, input, out_sizes);
   const auto fmt = output_memory_format(input);
+  if (s.batch == 0) return at::empty(out_sizes, input.options().memory_format(fmt));
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
   const Geometry g(s, nhwc);
 
@@ -114,6 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   const bool need_input = output_mask[0], need_weight = output_mask[1], need_bias = output_mask[2];
   const auto opts = input.options();
   const auto fmt = output_memory_format(input);
+  if (s.batch == 0) return empty_batch_conv2d_grads(input, weight, output_mask, fmt);
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
   const Geometry g(s, nhwc);
   if (!need_input && !need_weight && !need_bias) {

@@ -49,6 +49,15 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
   // F.relu(linear(x), inplace=True), which autograd refuses on a view returned by a custom op.
   at::Tensor out = at::empty(s.out_sizes, x.options());
   if (s.rows == 0) return out;  // an empty batch, as F.linear
+  if (s.in_features == 0) {     // no features: each row is the activated bias (or 0), as F.linear
+    out.zero_();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastcnn_linear_cpu_no_features", [&] {
+      cpu::apply_epilogue<scalar_t>(out.mutable_data_ptr<scalar_t>(), s.out_features, s.rows, s.out_features,
+                                    has_bias ? b.const_data_ptr<scalar_t>() : nullptr, nullptr, nullptr, 0,
+                                    act);
+    });
+    return out;
+  }
 
   const int64_t threads = at::get_num_threads();
   // Up to kDotMaxRows rows: the dot kernel over blocks of output features. More rows: the packed GEMM
@@ -144,7 +153,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
             cpu::add_column_sums<scalar_t>(gp, N, rows, N,
                                            bias_partials.mutable_data_ptr<scalar_t>() + slot * N);
           }
-          if (need_input) {
+          if (need_input && K > 0) {
             cpu::gemm<scalar_t>(false, false, rows, K, N, gp, N, wptr, K,
                                 grad_input.mutable_data_ptr<scalar_t>() + lo * K, K, false);
           }

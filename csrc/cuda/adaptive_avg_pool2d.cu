@@ -187,6 +187,7 @@ at::Tensor adaptive_avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef out
   at::Tensor output =
       at::empty({input.size(0), s.channels, s.out_h, s.out_w}, x.options().memory_format(fmt));
   const int64_t total = output.numel();
+  if (total == 0) return output;  // an empty batch
   // About the taps of one window; it only picks the kernel, so rounding does not matter.
   const int64_t max_taps = (s.in_h / s.out_h + 1) * (s.in_w / s.out_w + 1);
   const auto stream = cuda::current_stream();
@@ -222,6 +223,7 @@ at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, cons
   const at::Tensor go = grad_output.contiguous(fmt);
   at::Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(fmt));
   const int64_t total = grad_input.numel();
+  if (total == 0) return grad_input;  // an empty batch
   const auto stream = cuda::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_adaptive_avg_pool2d_backward_cuda", [&] {

@@ -169,6 +169,7 @@ at::Tensor avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
   const at::Tensor x = input.contiguous(fmt);
   at::Tensor output = at::empty({s.batch, s.channels, s.out_h, s.out_w}, x.options().memory_format(fmt));
   const int64_t total = output.numel();
+  if (total == 0) return output;  // an empty batch
   const auto stream = cuda::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcnn_avg_pool2d_cuda", [&] {
     const scalar_t* in = x.const_data_ptr<scalar_t>();
@@ -203,6 +204,7 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const at::Tensor go = grad_output.contiguous(fmt);
   at::Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(fmt));
   const int64_t total = grad_input.numel();
+  if (total == 0) return grad_input;  // an empty batch
   const auto stream = cuda::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_avg_pool2d_backward_cuda", [&] {

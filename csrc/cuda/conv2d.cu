@@ -54,6 +54,7 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
   const c10::cuda::CUDAGuard guard(input.device());
 
   const at::MemoryFormat fmt = output_memory_format(input);
+  if (s.batch == 0) return at::empty(out_sizes, input.options().memory_format(fmt));
   const at::Tensor bias_c = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   const at::Tensor res = defined_or_empty(residual);
   if (is_depthwise(s)) {
@@ -87,6 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
 
   const auto cl = at::MemoryFormat::ChannelsLast;
   const at::MemoryFormat fmt = output_memory_format(input);
+  if (s.batch == 0) return empty_batch_conv2d_grads(input, weight, output_mask, fmt);
   const bool tf32 = allow_tf32_conv();
   const at::Tensor gy = grad_output.contiguous(cl);
   const at::Tensor y = act != Activation::None ? out.contiguous(cl) : at::Tensor();

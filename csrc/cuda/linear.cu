@@ -9,6 +9,7 @@
 // on a GPU yet).
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -66,6 +67,13 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight,
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor output = at::empty(l.out_sizes, input.options());
   if (output.numel() == 0) return output;
+  if (l.in_features == 0) {  // no features: each row is the activated bias (or 0), as F.linear
+    static auto add = c10::Dispatcher::singleton()
+                          .findSchemaOrThrow("fastcnn::add", "")
+                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>();
+    const at::Tensor zeros = at::zeros(l.out_sizes, input.options());
+    return add.call(bias_c.defined() ? bias_c.expand(l.out_sizes).contiguous() : zeros, zeros, activation);
+  }
   const at::Tensor x = input.contiguous();
   const at::Tensor w = weight.contiguous();
   conv_gemm_forward(x, w, bias_c, at::Tensor(), output, as_conv(l), act, allow_tf32_matmul());
@@ -86,12 +94,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
   const Conv2dShape s = as_conv(l);
   const bool tf32 = allow_tf32_matmul();
   const auto opts = input.options();
-  // check_linear refuses empty feature dimensions, so only an empty batch leaves the GEMMs empty.
+  // check_linear refuses out_features == 0; an empty batch or in_features == 0 leaves a GEMM empty.
   const bool empty_batch = l.rows == 0;
+  const bool no_features = l.in_features == 0;
 
   at::Tensor grad_input = at::empty({0}, opts);
   if (output_mask[0]) {
-    if (empty_batch) {
+    if (empty_batch || no_features) {
       grad_input = at::zeros(input.sizes(), opts);
     } else {
       grad_input = at::empty(input.sizes(), opts);
@@ -101,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
   }
   at::Tensor grad_weight = at::empty({0}, opts);
   if (output_mask[1]) {
-    if (empty_batch) {
+    if (empty_batch || no_features) {
       grad_weight = at::zeros(weight.sizes(), opts);
     } else {
       grad_weight = at::empty(weight.sizes(), opts);

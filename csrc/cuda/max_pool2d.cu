@@ -192,6 +192,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, at::
   at::Tensor output = at::empty(out_sizes, x.options().memory_format(fmt));
   at::Tensor indices = at::empty(out_sizes, x.options().dtype(at::kLong).memory_format(fmt));
   const int64_t total = output.numel();
+  if (total == 0) return {output, indices};  // an empty batch
   const auto stream = cuda::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcnn_max_pool2d_cuda", [&] {
     const scalar_t* in = x.const_data_ptr<scalar_t>();
@@ -233,6 +234,7 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const int64_t out_plane = go.size(2) * go.size(3);
   const int64_t total = go.numel();
   const int64_t planes = input.size(0) * channels;
+  if (total == 0) return reduced ? grad_acc.to(input.scalar_type()) : grad_acc;  // an empty batch
   const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const auto stream = cuda::current_stream();
