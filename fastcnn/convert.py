@@ -179,7 +179,8 @@ def _reason_to_skip(module: nn.Module, model_problem: str | None) -> str | None:
 
 def _skip_reason_for_other(module: nn.Module) -> str | None:
     """Reason a leaf layer with no fastcnn counterpart stays on torch (None: not worth reporting)."""
-    if isinstance(module, _PASSIVE):
+    # _fastcnn_passive: fastcnn's own markers (fuse's inference-only guard), which compute nothing.
+    if isinstance(module, _PASSIVE) or getattr(type(module), "_fastcnn_passive", False):
         return None
     if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
         return None  # an empty container (ShuffleNet's stride-1 branch1) computes nothing
@@ -262,6 +263,17 @@ def convert(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
+    report = _convert_layers(model, fuse_activations=fuse_activations)
+    if strict and report.skipped:
+        raise ValueError("fastcnn.convert(strict=True) could not convert every layer:\n" + report.summary())
+    _log_report(report)
+    model.fastcnn_convert_report = report
+    return model
+
+
+def _convert_layers(model: nn.Module, *, fuse_activations: bool = False) -> ConvertReport:
+    """:func:`convert`'s swap, in place, without its logging or the report attached: for callers
+    (:func:`fastcnn.fuse`) that rewrite the model further and report on the result themselves."""
     report = ConvertReport()
     model_problem = _model_problem(model)
     parametrized: list[str] = []  # a parametrization's own modules are internals, not layers
@@ -295,11 +307,7 @@ def convert(
             report.skipped.append(SkippedLayer(name, cls.__name__, reason))
     if fuse_activations:
         _fuse_batchnorm_activations(model, report)
-    if strict and report.skipped:
-        raise ValueError("fastcnn.convert(strict=True) could not convert every layer:\n" + report.summary())
-    _log_report(report)
-    model.fastcnn_convert_report = report
-    return model
+    return report
 
 
 def _log_report(report: ConvertReport) -> None:

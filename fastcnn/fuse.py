@@ -14,6 +14,10 @@ leaves). A model fx cannot trace (data-dependent control flow, unsupported Pytho
 module-level fusion: ``Conv2d -> BatchNorm2d -> activation`` runs inside ``nn.Sequential`` containers, and
 blocks recognised by type (torchvision's ``BasicBlock``/``Bottleneck``/``BasicConv2d``, and fastcnn's own
 model-zoo blocks).
+
+The result carries a :class:`FuseReport` (``.fastcnn_fuse_report``: the rewrites, and the layers still
+running PyTorch's code by type) and the :class:`~fastcnn.convert.ConvertReport` of its conversion
+(``.fastcnn_convert_report``). With BatchNorm folded it is an inference model: ``.train()`` warns.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import copy
 import logging
 import math
 import operator
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -30,7 +35,7 @@ from torch import Tensor, fx, nn
 
 from . import nn as fnn
 from . import ops
-from .convert import ConvertReport, convert
+from .convert import ConvertReport, _convert_layers
 
 __all__ = ["FuseReport", "FusedBasicBlock", "FusedBottleneck", "fold_batchnorm", "fuse"]
 
@@ -81,16 +86,27 @@ class FuseReport:
     fused_activation: list[str] = field(default_factory=list)
     fused_residual: list[str] = field(default_factory=list)
     trace_error: str | None = None
+    #: The conversion to fastcnn layers before the rewrites (also the fused model's
+    #: ``.fastcnn_convert_report``): the layers converted, here or by an earlier :func:`fastcnn.convert`
+    #: of the input, and those left on torch that are still in the fused model.
     convert: ConvertReport | None = None
+    #: Layers of the fused model still running PyTorch's code, by class name: ``{"Hardswish": 19}``.
+    on_torch: dict[str, int] = field(default_factory=dict)
     _touched: set[int] = field(default_factory=set, repr=False, compare=False)
 
     def summary(self) -> str:
-        """A one-line account of the rewrites, for logs."""
-        return (
+        """A one-line account of the rewrites and of the layers left on PyTorch, for logs."""
+        line = (
             f"fastcnn.fuse ({self.method}): {len(self.folded_batchnorm)} BatchNorm folded, "
             f"{len(self.fused_activation)} activations and {len(self.fused_residual)} residual adds "
             "fused into conv/linear epilogues"
         )
+        if not self.on_torch:
+            return line + "; no layer left on PyTorch"
+        left = ", ".join(
+            f"{count} {kind}" for kind, count in sorted(self.on_torch.items(), key=lambda kv: -kv[1])
+        )
+        return f"{line}; still on PyTorch: {left}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -425,6 +441,51 @@ def _fuse_modules(module: nn.Module, prefix: str, report: FuseReport) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
+class _InferenceOnly(nn.Module):
+    """Rides along in a fused model whose BatchNorms were folded, to warn (once) when the model is put in
+    training mode: ``Module.train`` reaches every submodule, and the model's own class is left as it
+    was. It is never called; if a container runs it, it is the identity."""
+
+    _fastcnn_passive = True  # convert and fuse's report pass over it
+
+    def __init__(self, stacklevel: int) -> None:
+        super().__init__()
+        self.warned = False
+        self.stacklevel = stacklevel
+
+    def train(self, mode: bool = True) -> _InferenceOnly:
+        if mode and not self.warned:
+            self.warned = True
+            warnings.warn(
+                "this model comes from fastcnn.fuse, which folded its BatchNorm layers into the convs "
+                "for inference: in training mode there is no batch normalisation left, so train the "
+                "model fastcnn.convert returns (and fuse it afterwards) instead",
+                UserWarning,
+                stacklevel=self.stacklevel,
+            )
+        return super().train(mode)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return input
+
+
+def _report_layers(
+    fused: nn.Module, prior: ConvertReport | None, own: ConvertReport, report: FuseReport
+) -> None:
+    """Fills ``report.convert`` and ``report.on_torch`` from the conversion (``prior``: the input's own
+    :func:`fastcnn.convert` report, if any; ``own``: fuse's) and what is left in ``fused``: a layer
+    convert left on torch that the rewrites removed (a FrozenBatchNorm2d folded into its conv) is not
+    on PyTorch any more."""
+    modules = dict(fused.named_modules())
+    left = [s for s in own.skipped if s.name in modules and type(modules[s.name]).__name__ == s.kind]
+    report.convert = ConvertReport(
+        converted=[*(prior.converted if prior else []), *own.converted],
+        skipped=left,
+        fused_activations=[*(prior.fused_activations if prior else []), *own.fused_activations],
+    )
+    report.on_torch = dict(Counter(s.kind for s in left))
+
+
 def fuse(model: nn.Module, *, residual: bool = True, use_fx: bool = True) -> nn.Module:
     """An inference copy of ``model`` (in eval mode) with BatchNorm, activations and residual adds fused.
 
@@ -443,14 +504,23 @@ def fuse(model: nn.Module, *, residual: bool = True, use_fx: bool = True) -> nn.
 
     Returns:
         The fused copy: a ``torch.fx.GraphModule`` when fx traced the model, else a copy of the model's
-        own class with fused blocks. Its :class:`FuseReport` is attached as ``.fastcnn_fuse_report``.
-        The copy is for inference: calling ``.train()`` on it does not bring BatchNorm back, and its
+        own class with fused blocks. Its :class:`FuseReport` is attached as ``.fastcnn_fuse_report``
+        (with the layers still on PyTorch, by type) and its :class:`~fastcnn.convert.ConvertReport` as
+        ``.fastcnn_convert_report``; one summary line is logged (logger ``fastcnn.fuse``, INFO).
+        The copy is for inference: calling ``.train()`` on it does not bring BatchNorm back (when any
+        was folded, it warns once: train the :func:`fastcnn.convert`-ed model instead), and its
         ``state_dict`` has no BatchNorm entries.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    work = convert(copy.deepcopy(model), inplace=True).eval()
-    report = FuseReport(convert=work.__dict__.pop("fastcnn_convert_report", None))
+    prior = model.__dict__.get("fastcnn_convert_report")
+    work = copy.deepcopy(model)
+    work.__dict__.pop("fastcnn_convert_report", None)
+    # convert's own log would list BatchNorms that are about to be folded as left on torch, and an
+    # already converted input as "0 layers converted": fuse reports once, on the result.
+    converted = _convert_layers(work)
+    work.eval()
+    report = FuseReport()
     fused: nn.Module | None = None
     if use_fx:
         try:
@@ -462,8 +532,10 @@ def fuse(model: nn.Module, *, residual: bool = True, use_fx: bool = True) -> nn.
             report.fused_activation.clear()
             report.fused_residual.clear()
             # The trace may have folded nothing (it fails before rewriting), but start from a clean copy.
-            work = convert(copy.deepcopy(model), inplace=True).eval()
+            work = copy.deepcopy(model)
             work.__dict__.pop("fastcnn_convert_report", None)
+            converted = _convert_layers(work)
+            work.eval()
     if fused is None:
         report.method = "module"
         fused = _known_block(work, "", report)
@@ -471,6 +543,15 @@ def fuse(model: nn.Module, *, residual: bool = True, use_fx: bool = True) -> nn.
             _fuse_modules(work, "", report)
             fused = work
     fused.eval()
+    _report_layers(fused, prior, converted, report)
+    if report.folded_batchnorm:
+        # A container runs its children in turn: there the guard goes to a folded conv instead.
+        containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+        root = not isinstance(fused, containers)
+        host = fused if root else fused.get_submodule(report.folded_batchnorm[0])
+        # stacklevel: the warning points at the caller's .train() (through Module.train's loop).
+        host.fastcnn_inference_only = _InferenceOnly(stacklevel=3 if root else 4).eval()
     fused.fastcnn_fuse_report = report
+    fused.fastcnn_convert_report = report.convert
     logger.info("%s", report.summary())
     return fused

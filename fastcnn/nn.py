@@ -48,6 +48,19 @@ class Conv2d(nn.Conv2d):
         self.activation = activation
 
     def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
+        """``act(conv2d(input) + bias + residual)`` in one kernel.
+
+        Args:
+            input: ``[N, C_in, H, W]`` (NCHW or channels_last), in a dtype fastcnn's kernels take on its
+                device (see :func:`fastcnn.ops.conv2d`).
+            residual: optional tensor of the output's shape, ``[N, C_out, H_out, W_out]``, added in the
+                epilogue after the bias and before ``self.activation`` (the ResNet join
+                ``relu(conv(x) + identity)``). It is added, not broadcast: any other shape raises
+                ``RuntimeError``. Gradients flow to it as to an ordinary add.
+
+        Returns:
+            ``[N, C_out, H_out, W_out]`` in ``input``'s dtype and memory format.
+        """
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
@@ -289,6 +302,15 @@ class ResidualAdd(nn.Module):
         self.activation = activation
 
     def forward(self, input: Tensor, identity: Tensor) -> Tensor:
+        """``act(input + identity)`` in one pass.
+
+        Args:
+            input: the block's output (any shape).
+            identity: the skip connection, of ``input``'s shape (no broadcasting).
+
+        Returns:
+            A new tensor of ``input``'s shape and dtype.
+        """
         return ops.add(input, identity, activation=self.activation)
 
     def extra_repr(self) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -293,6 +295,26 @@ def assert_grads_close(pairs, dtype):
             continue
         assert leaf.grad is not None, f"grad of {name} is missing"
         assert_close(leaf.grad, ref_leaf.grad, dtype, name=f"grad of {name}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# the command line, run as a user runs it
+# --------------------------------------------------------------------------------------------------------
+
+
+def run_fastcnn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m fastcnn ARGS`` in a fresh interpreter: its exit code, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "fastcnn", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess, message: str, code: int = 2) -> None:
+    """The command exited with ``code``, its last stderr line holds ``message``, and no traceback."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code, result.stderr
+    assert lines and message in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -7,8 +7,10 @@ import json
 
 import pytest
 import torch
+from conftest import assert_refused, run_fastcnn
 
 from fastcnn.tools import bench, check, cli
+from fastcnn.tools.bench.cases import spread
 
 #: The smallest bench run: activations and the residual add at one shape, batch 1, one timing round.
 TINY_BENCH = [
@@ -182,13 +184,21 @@ def test_bench_times_torch_compile(tmp_path):
 
 def test_bench_conv_reports_tflops(tmp_path):
     out_json = tmp_path / "bench.json"
-    layers = bench.load_layers()
-    assert layers["resnet50"][0]["kernel_h"] == 7  # the packaged shapes: ResNet-50's stem first
+    layers = bench.load_layers()["resnet50"]
+    assert layers[0]["kernel_h"] == 7  # the packaged shapes: ResNet-50's stem first
+    middle = layers[(len(layers) - 1) // 2]  # --max-shapes 1 takes the middle layer, not the stem
+    assert (middle["in_channels"], middle["out_channels"], middle["height"], middle["kernel_h"]) == (
+        512,
+        256,
+        28,
+        1,
+    )
     args = [*TINY_BENCH[:4], "conv2d", *TINY_BENCH[5:], "--compile-mode", "none", "--json", str(out_json)]
     assert cli.main(args) == 0
     (case,) = json.loads(out_json.read_text())["cases"]
     assert case["op"] == "conv2d" and case["tflops"]["fastcnn"] > 0 and case["gbs"] is None
-    assert case["flops"] == 2.0 * 1 * 64 * 112 * 112 * 3 * 7 * 7
+    assert case["shape"] == "512->256 28x28 k1x1 s1"
+    assert case["flops"] == 2.0 * 1 * 256 * 28 * 28 * 512 * 1 * 1
 
 
 def test_plot_of_an_empty_run(tmp_path):
@@ -243,3 +253,58 @@ def test_models_skipped_with_a_reason_without_convert(monkeypatch):
     assert (
         reasons["resnet18_inference"] == reasons["resnet18_train_step"] == "fastcnn.convert is not available"
     )
+
+
+@pytest.mark.parametrize(
+    ("flag", "values"), [("--max-shapes", ["0"]), ("--batch", ["2", "0"]), ("--repeats", ["-1"])]
+)
+def test_bench_refuses_counts_below_one(flag, values):
+    result = run_fastcnn(*TINY_BENCH, flag, *values)
+    assert_refused(result, f"fastcnn bench: {flag}")
+    assert ">= 1" in result.stderr and "cases timed" not in result.stdout
+
+
+def test_spread_picks_the_middle_for_one_and_covers_both_ends():
+    items = list(range(23))
+    assert spread(items, 1) == [11]  # not the stem
+    assert spread(items, 2) == [0, 22]
+    assert spread(items, 3) == [0, 11, 22]
+    assert spread(items, 5) == [0, 6, 11, 16, 22]
+    assert spread(items, None) == spread(items, 30) == items
+    assert spread([7], 1) == [7] and spread([], 1) == []
+    with pytest.raises(ValueError, match="count"):
+        spread(items, 0)
+
+
+def test_bench_cpu_header_and_compact_table(capsys):
+    assert cli.main([*TINY_BENCH, "--compile-mode", "none", "--compact"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert "(cpu)" in header and "CUDA: not used" in header and "cuDNN" not in header
+    table = [line for line in out.splitlines() if line.startswith(("┃", "│"))]
+    assert table and "fastcnn ms" in table[0] and "vs compile" in table[0] and "of ceiling" not in out
+    assert max(len(line) for line in table) <= 80
+
+
+def test_bench_header_names_cuda_only_for_a_cuda_run():
+    from fastcnn.tools.bench.report import header
+
+    record = {
+        "device": {"name": "H100", "type": "cuda"},
+        "ceilings": {"copy_gbs": 3000.0, "matmul_tflops": {"fp16": 700.0}},
+        "torch": "2.9",
+        "cuda": "13.0",
+        "cudnn": 92400,
+    }
+    assert "CUDA 13.0 cuDNN 92400" in header(record)
+    record["device"] = {"name": "x86", "type": "cpu"}
+    assert "CUDA 13.0" not in header(record) and "CUDA: not used" in header(record)
+
+
+def test_check_labels_linear_without_a_layout():
+    case = next(c for c in check.default_cases() if c.op == "linear")
+    results = check.run_check(["cpu"], cases=[case], inject_failure="")
+    assert {r.layout for r in results} == {"-"} and all(r.passed for r in results)
+    conv = next(c for c in check.default_cases() if c.op == "conv2d")
+    layouts = [r.layout for r in check.run_check(["cpu"], cases=[conv], inject_failure="")]
+    assert layouts == ["nchw", "channels_last"] * 2

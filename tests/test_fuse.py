@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import logging
+import warnings
 
 import pytest
 import torch
@@ -268,3 +270,45 @@ def test_leaky_relu_is_fused_with_its_slope():
     assert fused.conv3.activation == "leaky_relu(-0.5)"
     assert fused.conv4.activation is None
     assert "leaky_relu" not in fused.code
+
+
+def test_fuse_of_a_converted_model_reports_once_and_lists_what_stays_on_torch(caplog):
+    frozen = FrozenBatchNorm2d(4)  # convert leaves it on torch; fuse folds it
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), frozen, nn.ReLU(), nn.AdaptiveMaxPool2d(4), nn.AdaptiveMaxPool2d(1), nn.Flatten()
+    )
+    converted = fastcnn.convert(model)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fastcnn"):
+        fused = fastcnn.fuse(converted)
+    messages = [r.getMessage() for r in caplog.records]
+    assert [r.name for r in caplog.records] == ["fastcnn.fuse"], messages  # no convert line
+    assert "0 layers converted" not in messages[0] and "FrozenBatchNorm2d" not in messages[0]
+    report = fused.fastcnn_fuse_report
+    assert report.folded_batchnorm == ["0"] and report.on_torch == {"AdaptiveMaxPool2d": 2}
+    assert "still on PyTorch: 2 AdaptiveMaxPool2d" in report.summary()
+    assert fused.fastcnn_convert_report is report.convert
+    assert report.convert.counts() == {"Conv2d": 1, "ReLU": 1, "Flatten": 1}
+    assert {s.kind for s in report.convert.skipped} == {"AdaptiveMaxPool2d"}
+    assert "no layer left on PyTorch" in fastcnn.fuse(tv.resnet18(weights=None)).fastcnn_fuse_report.summary()
+
+
+@pytest.mark.parametrize("use_fx", [True, False])
+def test_training_a_fused_model_warns_once(use_fx):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+    fused = fastcnn.fuse(model, use_fx=use_fx)
+    assert len(fused.fastcnn_fuse_report.folded_batchnorm) == 1
+    with pytest.warns(UserWarning, match="folded its BatchNorm.*fastcnn.convert") as record:
+        fused.train()
+    assert len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused.train()  # once per model
+        fused.eval()
+        fastcnn.fuse(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())).train()  # nothing folded: trains as is
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(fused(x), fused(x)) and fused(x).shape == (2, 4 * 6 * 6)
+    if not use_fx:
+        assert len(fused) == 4  # the container's own layers only
+    twice = fastcnn.fuse(fused)  # fusing again: nothing new, nothing reported as left on torch
+    assert twice.fastcnn_fuse_report.on_torch == {} and not twice.fastcnn_convert_report.skipped

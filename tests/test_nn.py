@@ -264,3 +264,12 @@ def test_training_tracks_torch(channels_last):
     for (name, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
         assert torch.isfinite(p).all()
+
+
+def test_forward_with_extra_arguments_documents_them():
+    """help(fastcnn.nn.Conv2d.forward) shows fastcnn's own text, not torch.nn.Conv2d's generic one."""
+    conv_doc = fnn.Conv2d.forward.__doc__
+    assert conv_doc is not None and conv_doc is not nn.Conv2d.forward.__doc__
+    assert "residual" in conv_doc and "output's shape" in conv_doc and "self.activation" in conv_doc
+    add_doc = fnn.ResidualAdd.forward.__doc__
+    assert add_doc is not None and "identity" in add_doc

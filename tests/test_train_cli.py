@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import assert_refused, run_fastcnn
 from PIL import Image
 
 from fastcnn import models
@@ -30,6 +31,17 @@ def _args(tmp_path, *extra: str) -> list[str]:
         "--no-progress",
         *extra,
     ]
+
+
+def _image_folder(root, classes=("cat", "dog"), per_class: int = 4):
+    """A tiny ImageFolder of random 20x24 RGB PNGs under ``root``."""
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        folder = root / cls
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
 
 
 def test_train_builtin_dataset_writes_checkpoint(tmp_path, capsys):
@@ -101,3 +113,106 @@ def test_train_converted_torchvision_model_with_batchnorm_modes(tmp_path, batchn
     assert moved == (batchnorm == "train")
     with pytest.raises(ValueError, match="torchvision"):
         train.build_model(train.TrainConfig(model="torchvision.not_a_model"), 10)
+
+
+def test_unreadable_image_is_one_line_naming_the_file(tmp_path):
+    data = _image_folder(tmp_path / "data")
+    good = (data / "cat" / "0.png").read_bytes()
+    (data / "cat" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (data / "dog" / "notes.png").write_text("not an image")
+    # Through a DataLoader worker, whose exception arrives wrapped in the worker's traceback.
+    result = run_fastcnn(*_args(tmp_path, "--data", str(data), "--workers", "1"))
+    assert_refused(result, "cannot read image", code=1)
+    line = result.stderr.strip().splitlines()[-1]
+    assert "truncated.png" in line or "notes.png" in line
+    assert "--skip-bad-images" in line
+
+    result = run_fastcnn(*_args(tmp_path, "--data", str(data), "--skip-bad-images"))
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "skipped" in line]
+    assert "skipped 2 unreadable images:" in warning
+    assert "truncated.png" in warning and "notes.png" in warning
+    assert "(6 train / 2 val" in result.stdout  # 8 readable images, 2 split off for validation
+
+
+def test_one_class_is_refused_before_training(tmp_path):
+    data = _image_folder(tmp_path / "data", classes=("cat",))
+    result = run_fastcnn(*_args(tmp_path, "--data", str(data)))
+    assert_refused(result, "1 class ('cat')")
+    assert "at least two" in result.stderr and "epoch" not in result.stdout
+    assert not (tmp_path / "ckpt.pt").exists()
+
+
+def test_unknown_device_and_cpu_amp_are_refused(tmp_path):
+    assert_refused(
+        run_fastcnn(*_args(tmp_path, "--device", "tpu")), "--device must be auto, cpu or cuda; got 'tpu'"
+    )
+    assert_refused(run_fastcnn(*_args(tmp_path, "--device", "cpu", "--amp")), "--amp needs a CUDA device")
+
+
+def test_image_size_below_one_is_refused_naming_the_flag(tmp_path):
+    assert_refused(run_fastcnn(*_args(tmp_path, "--image-size", "0")), "--image-size must be >= 1, got 0")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--epochs", "0", "--epochs must be >= 1"),
+        ("--batch-size", "0", "--batch-size must be >= 1"),
+        ("--lr", "0", "--lr must be > 0"),
+        ("--lr", "nan", "--lr must be > 0"),
+    ],
+)
+def test_bad_numbers_are_refused_naming_the_flag(tmp_path, capsys, flag, value, message):
+    assert cli.main(_args(tmp_path, flag, value)) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert message in line
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 10)", "(default: 0.01)", "(default: 32)", "--resume", "--skip-bad-images"):
+        assert default in help_text, default
+
+
+def test_freeze_backbone_without_weights_warns(tmp_path, capsys):
+    assert cli.main(_args(tmp_path, "--data", "digits", "--freeze-backbone")) == 0
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "--freeze-backbone" in line]
+    assert "without --weights" in warning
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path, capsys):
+    assert cli.main(_args(tmp_path, "--data", "digits")) == 0
+    first = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    capsys.readouterr()
+    resumed = _args(tmp_path, "--data", "digits", "--resume", str(tmp_path / "ckpt.pt"))
+    resumed[resumed.index("--epochs") + 1] = "3"
+    assert cli.main(resumed) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "after epoch 1" in out
+    assert "epoch   1" not in out and "epoch   2" in out and "epoch   3" in out
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert state["epoch"] in (1, 2, 3) and state["best_metric"] >= first["best_metric"]
+    # A schedule that continues: the learning rate of epoch 2 is not the first epoch's again.
+    if state["epoch"] > 1:
+        assert state["scheduler"]["last_epoch"] == state["epoch"]
+
+
+def test_resume_refuses_a_missing_or_mismatched_checkpoint(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt.pt"
+    assert cli.main(_args(tmp_path, "--data", "digits", "--resume", str(tmp_path / "none.pt"))) == 2
+    assert "--resume: no checkpoint file" in capsys.readouterr().err
+    assert cli.main(_args(tmp_path, "--data", "digits")) == 0
+    state = torch.load(ckpt, weights_only=True)
+    more = ["--epochs", "2", "--resume", str(ckpt)]
+    torch.save({**state, "model_name": "resnet34"}, tmp_path / "other_model.pt")
+    capsys.readouterr()
+    assert cli.main(_args(tmp_path, "--data", "digits", *more[:3], str(tmp_path / "other_model.pt"))) == 2
+    assert "holds a resnet34, not --model resnet18" in capsys.readouterr().err
+    torch.save({**state, "classes": ["a", "b"]}, tmp_path / "other_classes.pt")
+    assert cli.main(_args(tmp_path, "--data", "digits", *more[:3], str(tmp_path / "other_classes.pt"))) == 2
+    assert "was trained on classes ['a', 'b']" in capsys.readouterr().err
+    assert cli.main(_args(tmp_path, "--data", "digits", "--resume", str(ckpt))) == 2  # --epochs 1: done
+    assert "at epoch 1 already" in capsys.readouterr().err

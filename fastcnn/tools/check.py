@@ -247,7 +247,11 @@ def run_case(
 
     ``perturb`` scales fastcnn's output by 1.1 (an injected failure, for testing the failure path).
     """
-    layout_name = "channels_last" if layout == torch.channels_last else "nchw"
+    # A non-spatial op (linear) has no memory format to speak of.
+    if not case.spatial:
+        layout_name = "-"
+    else:
+        layout_name = "channels_last" if layout == torch.channels_last else "nchw"
     tol = TOLERANCES[dtype]
     try:
         gen = torch.Generator().manual_seed(seed)

@@ -6,8 +6,12 @@ and ``root/val/<class>``), or ``digits``, the built-in dataset: scikit-learn's 8
 
 Each epoch trains, then validates; the checkpoint (``state_dict``, optimizer and scheduler state, epoch,
 best validation accuracy, class names, the run's settings) is written whenever validation accuracy
-improves, and training stops early after ``--patience`` epochs without improvement. The same run is
-available from Python as :func:`run` with a :class:`TrainConfig`.
+improves, and training stops early after ``--patience`` epochs without improvement. ``--resume`` continues
+a run from its checkpoint. The same run is available from Python as :func:`run` with a
+:class:`TrainConfig`.
+
+An image that cannot be decoded stops the run with one line naming the file; ``--skip-bad-images``
+decodes every image once before training and leaves out (and lists) the ones that fail.
 """
 
 from __future__ import annotations
@@ -33,7 +37,16 @@ from .. import models, transfer
 from ..convert import convert as fastcnn_convert
 from .devices import resolve_device
 
-__all__ = ["TrainConfig", "TrainResult", "add_arguments", "build_datasets", "evaluate", "main", "run"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "UnreadableImageError",
+    "add_arguments",
+    "build_datasets",
+    "evaluate",
+    "main",
+    "run",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +83,10 @@ class TrainConfig:
     workers: int = 0
     seed: int = 0
     progress: bool = True
+    #: Decode every image before training and leave out those that fail (else the first one stops the run).
+    skip_bad_images: bool = False
+    #: A checkpoint written by a previous run to continue from (model, optimizer, scheduler, epoch).
+    resume: str | None = None
 
 
 @dataclass
@@ -104,6 +121,43 @@ def digits_dataset(image_size: int = 32) -> tuple[TensorDataset, list[str]]:
     return TensorDataset(images, labels), [str(i) for i in range(10)]
 
 
+class UnreadableImageError(ValueError):
+    """An image of the dataset that PIL cannot decode (truncated, or not an image at all)."""
+
+
+def _load_image(path: str):
+    """ImageFolder's loader, with a decoding failure turned into one line naming the file: PIL's own
+    errors (``image file is truncated``, ``cannot identify image file``) surface deep in a DataLoader
+    traceback, and the truncated-file one names no file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL raises all three for damaged files
+        raise UnreadableImageError(
+            f"cannot read image {path} ({exc}); --skip-bad-images leaves such files out"
+        ) from None
+
+
+def _skip_unreadable(dataset: Dataset, also: Dataset | None = None) -> list[str]:
+    """Decodes every image of an ImageFolder and removes those PIL cannot read (from ``also`` too, a
+    second ImageFolder over the same files); returns their paths."""
+    bad = []
+    for path, _ in dataset.samples:
+        try:
+            _load_image(path)
+        except UnreadableImageError:
+            bad.append(path)
+    drop = set(bad)
+    for folder in (dataset, also):
+        if folder is not None and bad:
+            folder.samples = [s for s in folder.samples if s[0] not in drop]
+            folder.imgs = folder.samples
+            folder.targets = [target for _, target in folder.samples]
+    return bad
+
+
 def _image_folder(root: Path, image_size: int, train: bool):
     try:
         from torchvision import datasets, transforms
@@ -115,7 +169,7 @@ def _image_folder(root: Path, image_size: int, train: bool):
     else:
         tf = [transforms.Resize(math.ceil(image_size * 8 / 7)), transforms.CenterCrop(image_size)]
     return datasets.ImageFolder(
-        str(root), transform=transforms.Compose([*tf, transforms.ToTensor(), normalize])
+        str(root), transform=transforms.Compose([*tf, transforms.ToTensor(), normalize]), loader=_load_image
     )
 
 
@@ -135,9 +189,16 @@ def _limit(dataset: Dataset, limit: int | None) -> Dataset:
     return Subset(dataset, list(range(limit)))
 
 
-def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset, list[str]]:
+def build_datasets(
+    config: TrainConfig, skipped: list[str] | None = None
+) -> tuple[Dataset, Dataset, list[str]]:
     """(train, validation, class names) for ``config.data``: the built-in ``digits`` or an ImageFolder
-    root (with ``train/`` and ``val/`` subfolders, or split ``val_fraction`` off at random)."""
+    root (with ``train/`` and ``val/`` subfolders, or split ``val_fraction`` off at random).
+
+    With ``config.skip_bad_images`` every image is decoded once first; those that fail are left out and
+    their paths appended to ``skipped``.
+    """
+    skipped = [] if skipped is None else skipped
     if config.data == BUILTIN_DATASET:
         full, classes = digits_dataset(config.image_size)
         train_idx, val_idx = _split(len(full), config.val_fraction, config.seed)
@@ -153,9 +214,14 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset, list[str]]:
             val_set = _image_folder(root / "val", config.image_size, train=False)
             if train_set.classes != val_set.classes:
                 raise ValueError(f"{root}/train and {root}/val have different class folders")
+            if config.skip_bad_images:
+                skipped += _skip_unreadable(train_set) + _skip_unreadable(val_set)
         else:
             train_full = _image_folder(root, config.image_size, train=True)
             val_full = _image_folder(root, config.image_size, train=False)
+            if config.skip_bad_images:
+                # One set of files seen through two transforms: decode each once, drop it from both.
+                skipped += _skip_unreadable(train_full, also=val_full)
             train_idx, val_idx = _split(len(train_full), config.val_fraction, config.seed)
             train_set, val_set = Subset(train_full, train_idx), Subset(val_full, val_idx)
         classes = (train_set.dataset if isinstance(train_set, Subset) else train_set).classes
@@ -256,24 +322,99 @@ def _save_checkpoint(path: Path, payload: dict) -> None:
     os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
 
 
-def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
-    """Trains ``config.model`` on ``config.data`` and returns the :class:`TrainResult`. ``log`` receives
-    one line per epoch and a closing summary."""
-    if config.epochs < 1 or config.batch_size < 1 or config.patience < 1:
-        raise ValueError("epochs, batch_size and patience must be >= 1")
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuses settings no run can use, naming the flag (ValueError), before any data is read."""
+    for flag, value in (
+        ("--epochs", config.epochs),
+        ("--batch-size", config.batch_size),
+        ("--image-size", config.image_size),
+        ("--patience", config.patience),
+    ):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if not config.lr > 0:  # also refuses NaN
+        raise ValueError(f"--lr must be > 0, got {config.lr}")
     if config.batchnorm not in ("train", "frozen"):
-        raise ValueError(f"batchnorm must be 'train' or 'frozen', got {config.batchnorm!r}")
+        raise ValueError(f"--batchnorm must be 'train' or 'frozen', got {config.batchnorm!r}")
+    if config.amp and config.device.split(":")[0] == "cpu":
+        raise ValueError(
+            "--amp needs a CUDA device (fastcnn's CPU kernels are float32/float64); drop --amp on the CPU"
+        )
+
+
+def _short_paths(paths: list[str], root: str, shown: int = 5) -> str:
+    names = [os.path.relpath(p, root) for p in paths[:shown]]
+    return ", ".join(names) + (f", ... ({len(paths)} in all)" if len(paths) > shown else "")
+
+
+def _load_resume(path: str, config: TrainConfig, classes: list[str]) -> dict:
+    """The checkpoint ``--resume`` names, checked against this run's model and classes."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint file {file}")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds for a file it cannot read
+        raise ValueError(f"--resume: {file} is not a checkpoint of fastcnn train ({exc})") from None
+    keys = ("model_name", "state_dict", "optimizer", "scheduler", "epoch", "classes")
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in keys):
+        raise ValueError(f"--resume: {file} is not a checkpoint of fastcnn train (it has no {keys})")
+    if ckpt["model_name"] != config.model:
+        raise ValueError(f"--resume: {file} holds a {ckpt['model_name']}, not --model {config.model}")
+    if list(ckpt["classes"]) != classes:
+        raise ValueError(
+            f"--resume: {file} was trained on classes {list(ckpt['classes'])[:10]}, but {config.data} has "
+            f"{classes[:10]}"
+        )
+    if ckpt["epoch"] >= config.epochs:
+        raise ValueError(
+            f"--resume: {file} is at epoch {ckpt['epoch']} already; --epochs (the total, counted from the "
+            f"first run) must be more than that"
+        )
+    return ckpt
+
+
+def run(
+    config: TrainConfig, log: Callable[[str], None] = print, warn: Callable[[str], None] = _stderr
+) -> TrainResult:
+    """Trains ``config.model`` on ``config.data`` and returns the :class:`TrainResult`. ``log`` receives
+    one line per epoch and a closing summary; ``warn`` (default: stderr) the warnings.
+
+    Raises:
+        ValueError: a setting no run can use (named by its flag), a dataset of fewer than two classes, a
+            ``--resume`` checkpoint of another model or other classes; :class:`UnreadableImageError` (a
+            ValueError) for an image PIL cannot decode, without ``skip_bad_images``.
+        FileNotFoundError: ``data`` or ``resume`` is not there.
+    """
+    check_config(config)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     amp = config.amp
     if amp and device.type != "cuda":
-        log(
+        # --device auto on a machine without a GPU: the same command line works on both.
+        warn(
             "fastcnn train: --amp needs CUDA (fastcnn's CPU kernels are float32/float64); training in float32"
         )
         amp = False
     run_config = dataclasses.replace(config, amp=amp)
+    if config.freeze_backbone and config.weights is None and config.resume is None:
+        warn("fastcnn train: --freeze-backbone without --weights trains a head on a random, frozen backbone")
 
-    train_set, val_set, classes = build_datasets(run_config)
+    skipped: list[str] = []
+    train_set, val_set, classes = build_datasets(run_config, skipped)
+    if skipped:
+        warn(
+            f"fastcnn train: skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''}: "
+            + _short_paths(skipped, config.data)
+        )
+    if len(classes) < 2:
+        found = f"1 class ({classes[0]!r})" if classes else "no classes"
+        raise ValueError(f"--data {config.data} has {found}; a classifier needs at least two class folders")
+    resume = _load_resume(config.resume, config, classes) if config.resume else None
     pin = device.type == "cuda"
     train_loader = DataLoader(
         train_set,
@@ -301,18 +442,33 @@ def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     autocast = _autocast(device, run_config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and config.amp_dtype == "float16")
+    best, best_epoch, first_epoch = -math.inf, 0, 1
+    if resume is not None:
+        try:
+            model.load_state_dict(resume["state_dict"])
+            optimizer.load_state_dict(resume["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            message = str(exc).strip().splitlines()[0]
+            raise ValueError(
+                f"--resume: {config.resume} does not fit this run ({message}); resume with the first "
+                "run's --model, --freeze-backbone and --optimizer"
+            ) from None
+        scheduler.load_state_dict(resume["scheduler"])
+        first_epoch = resume["epoch"] + 1
+        best, best_epoch = resume.get("best_metric", -math.inf), resume["epoch"]
 
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(
         f"fastcnn train: {config.model} on {config.data} ({len(train_set)} train / {len(val_set)} val, "
         f"{len(classes)} classes), {device.type}{' amp ' + config.amp_dtype if amp else ''}, "
         f"{n_trainable:,} trainable parameters"
+        + (f"; resuming {config.resume} after epoch {first_epoch - 1}" if resume is not None else "")
     )
     checkpoint = Path(config.checkpoint)
-    best, best_epoch, since_best, history = -math.inf, 0, 0, []
+    since_best, history = 0, []
     stopped_early = False
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
+    epoch = first_epoch - 1
+    for epoch in range(first_epoch, config.epochs + 1):
         start = time.perf_counter()
         model.train()
         if config.freeze_backbone:
@@ -376,7 +532,7 @@ def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
             log(f"early stop: no val_acc improvement in {config.patience} epoch(s)")
             break
     log(f"best val_acc {best:.4f} at epoch {best_epoch}; checkpoint {checkpoint}")
-    return TrainResult(best, best_epoch, epoch, stopped_early, str(checkpoint), history)
+    return TrainResult(best, best_epoch, epoch - first_epoch + 1, stopped_early, str(checkpoint), history)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -407,16 +563,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.data,
         help=f"ImageFolder root (class subfolders, or train/ and val/), or {BUILTIN_DATASET!r} (built in)",
     )
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--lr", type=float, default=d.lr, help="learning rate of the head")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    parser.add_argument("--amp-dtype", choices=["bfloat16", "float16"], default=d.amp_dtype)
-    parser.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience (epochs)")
-    parser.add_argument("--checkpoint", default=d.checkpoint, help="where the best model is saved")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=d.epochs,
+        help="epochs in all, a resumed run's included (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=d.lr, help="learning rate of the head (default: %(default)s)"
+    )
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="default: %(default)s")
+    parser.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision, CUDA only: refused with --device cpu; --device auto without a GPU trains in "
+        "float32",
+    )
+    parser.add_argument(
+        "--amp-dtype", choices=["bfloat16", "float16"], default=d.amp_dtype, help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="early-stopping patience in epochs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--checkpoint", default=d.checkpoint, help="where the best model is saved (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="PATH",
+        default=None,
+        help="continue from a checkpoint of fastcnn train (model, optimizer, scheduler, epoch; the best "
+        "epoch's, the one it saved) with the same --model and classes",
+    )
     parser.add_argument("--weights", default=None, help="initial weights (path); the head is resized")
-    parser.add_argument("--freeze-backbone", action="store_true", help="train only the classifier head")
+    parser.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        help="train only the classifier head; meant with --weights (without them it warns: random backbone)",
+    )
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="decode every image before training and leave out (and list) the unreadable ones; without it "
+        "the first one stops the run",
+    )
     parser.add_argument(
         "--batchnorm",
         choices=["train", "frozen"],
@@ -428,7 +622,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--optimizer", choices=["sgd", "adamw"], default=d.optimizer)
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--image-size", type=int, default=d.image_size)
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=d.image_size,
+        help="side of the square inputs (default: %(default)s)",
+    )
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
     parser.add_argument("--limit", type=int, default=None, help="use at most this many train/val samples")
     parser.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
@@ -442,6 +641,12 @@ def main(args: argparse.Namespace) -> int:
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     try:
         run(config)
+    except UnreadableImageError as exc:
+        # From a DataLoader worker the message arrives with the worker's traceback; its last line is ours.
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        message = lines[-1].removeprefix(f"{UnreadableImageError.__name__}: ") if lines else str(exc)
+        print(f"fastcnn train: {message}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as exc:
         print(f"fastcnn train: {exc}", file=sys.stderr)
         return 2

@@ -322,11 +322,19 @@ def load_shapes() -> dict[str, dict[str, list]]:
 
 
 def spread(items: Sequence[Any], count: int | None) -> list[Any]:
-    """`count` items spread over the sequence (stem, middle, deep layers), or all of them."""
+    """`count` items spread evenly over the sequence, first and last included, or all of them.
+
+    One item is the middle one: a network's first layer (the RGB stem, three input channels) is the
+    least typical of its layers, so a single pick must not be it.
+    """
+    if count is not None and count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
     if count is None or count >= len(items):
         return list(items)
-    step = len(items) / count
-    return [items[i] for i in sorted({int(i * step) for i in range(count)})]
+    if count == 1:
+        return [items[(len(items) - 1) // 2]]
+    last = len(items) - 1
+    return [items[i] for i in sorted({round(i * last / (count - 1)) for i in range(count)})]
 
 
 def _chw(size: Sequence[int]) -> str:
@@ -712,9 +720,11 @@ def _train_step(model: Model, ctx: Context) -> Built:
 
 #: The fastcnn ops a converted ResNet needs before its model cases can run.
 _MODEL_KERNELS = ("conv2d", "linear", "max_pool2d")
-# ResNet-18/50 (torchvision) inference and one SGD training step; --preset picks which networks run.
-for _name in ("resnet18", "resnet50"):
+# torchvision inference (ResNet-18/50, MobileNetV2) and one SGD training step (the ResNets); --preset
+# picks which networks run.
+for _name in ("resnet18", "resnet50", "mobilenet_v2"):
     case(f"{_name}_inference", "model", "model", kernels=_MODEL_KERNELS, networks=(_name,))(_inference)
+for _name in ("resnet18", "resnet50"):
     case(
         f"{_name}_train_step",
         "model",

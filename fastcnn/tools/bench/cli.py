@@ -11,12 +11,17 @@ from .config import ALL_NETWORKS, NETWORKS, PRESETS
 from .records import write_json
 from .report import print_report, write_plot
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "check_arguments", "main"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``fastcnn bench``."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="quick (default) or full")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="quick",
+        help="quick (default), full, or models (whole networks at batch 1/8/32; use with --ops model)",
+    )
     parser.add_argument(
         "--ops", metavar="LIST", help=f"comma-separated ops or groups ({', '.join(OP_GROUPS)}); default all"
     )
@@ -64,7 +69,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write the results as JSON (no PATH: benchmarks/results/<device>-<date>.json)",
     )
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of the ratios, one panel per op")
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="a narrow table: op, shape, fastcnn ms and the ratios vs eager and compile",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuses counts below one (ValueError naming the flag) before any case is built: zero shapes, a
+    batch of zero or no timed round would otherwise end in a crash or a run of failed cases."""
+    if args.max_shapes is not None and args.max_shapes < 1:
+        raise ValueError(f"--max-shapes must be >= 1, got {args.max_shapes}")
+    if args.batch is not None and any(b < 1 for b in args.batch):
+        raise ValueError(f"--batch sizes must be >= 1, got {' '.join(map(str, args.batch))}")
+    if args.repeats is not None and args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -74,6 +95,7 @@ def main(args: argparse.Namespace) -> int:
     from . import run
 
     try:
+        check_arguments(args)
         select_ops(args.ops)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*TF32.*")
@@ -81,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fastcnn bench: {exc}", file=sys.stderr)
         return 2
-    print_report(record)
+    print_report(record, compact=getattr(args, "compact", False))
     if args.json:
         path = write_json(record, record["default_json"] if args.json == "auto" else args.json)
         print(f"wrote {path}")

@@ -10,7 +10,7 @@ from typing import Any
 from .config import RATIO_MEANING
 from .records import geomean
 
-__all__ = ["print_report", "write_plot"]
+__all__ = ["header", "print_report", "write_plot"]
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -26,18 +26,57 @@ def _fmt_ratio(value: float | None) -> str:
     return f"[green]{text}[/green]" if value >= 1 else f"[red]{text}[/red]"
 
 
-def print_report(record: dict, console: Any = None) -> None:
-    """The results as a rich table: times, ratios, achieved rate and its share of the ceiling."""
-    from rich.console import Console
-    from rich.table import Table
+#: ``--compact``'s columns: what tells fastcnn's standing at a glance, in under 80 characters a row.
+_COMPACT_COLUMNS = ("op", "shape", "fastcnn ms", "vs eager", "vs compile")
 
-    console = console or Console(width=None if sys.stdout.isatty() else 160)
+
+def header(record: dict) -> str:
+    """The report's first line: device, versions (CUDA and cuDNN only when the run used them), ceilings."""
     dev, ceil = record["device"], record["ceilings"]
     peaks = ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in ceil["matmul_tflops"].items())
-    console.print(
-        f"fastcnn bench on {dev['name']} ({dev['type']}) | torch {record['torch']} CUDA {record['cuda']} "
-        f"cuDNN {record['cudnn']} | ceilings: copy {ceil['copy_gbs']:.1f} GB/s, matmul {peaks}"
+    # The CUDA version torch was built with says nothing about a CPU run.
+    cuda = f"CUDA {record['cuda']} cuDNN {record['cudnn']}" if dev["type"] == "cuda" else "CUDA: not used"
+    return (
+        f"fastcnn bench on {dev['name']} ({dev['type']}) | torch {record['torch']} {cuda} "
+        f"| ceilings: copy {ceil['copy_gbs']:.1f} GB/s, matmul {peaks}"
     )
+
+
+def print_report(record: dict, console: Any = None, compact: bool = False) -> None:
+    """The results as a rich table: times, ratios, achieved rate and its share of the ceiling; with
+    ``compact``, only op, shape, fastcnn's time and the two ratios."""
+    from rich.console import Console
+
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    console.print(header(record))
+    if compact:
+        _print_compact(record, console)
+    else:
+        _print_cases(record, console)
+    _print_footer(record, console)
+
+
+def _print_compact(record: dict, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="fastcnn vs PyTorch (PyTorch time / fastcnn time)")
+    for column in _COMPACT_COLUMNS:
+        table.add_column(column, justify="left" if column in ("op", "shape") else "right")
+    for case in record["cases"]:
+        ratios = case["ratios"]
+        table.add_row(
+            case["op"],
+            case["shape"],
+            _fmt_ms(case["times_ms"].get("fastcnn")),
+            _fmt_ratio(ratios.get("eager")),
+            _fmt_ratio(ratios.get("compile")),
+        )
+    console.print(table)
+
+
+def _print_cases(record: dict, console: Any) -> None:
+    from rich.table import Table
+
     table = Table(title=f"fastcnn vs PyTorch ({RATIO_MEANING})")
     for column, justify in (
         ("op", "left"),
@@ -81,6 +120,11 @@ def print_report(record: dict, console: Any = None) -> None:
             "-" if share is None else f"{100 * share:.0f}%",
         )
     console.print(table)
+
+
+def _print_footer(record: dict, console: Any) -> None:
+    from rich.table import Table
+
     if len(record.get("summary", [])) > 1:
         summary = Table(title="geomean PyTorch time / fastcnn time per op (min-max)")
         for column in ("op", "dtype layout", "cases", "vs eager", "vs compile"):
