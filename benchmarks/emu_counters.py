@@ -1,0 +1,318 @@
+"""Work counters of fastcnn's CUDA conv kernels on every ResNet-50 conv layer, counted in emulation.
+
+Runs each layer of benchmarks/shapes/cnn_layers.json ("resnet50") in fp16 channels_last through the
+emulated CUDA kernels (FASTCNN_BACKEND=cuda-emu, set here): forward (fastcnn.conv2d), dgrad and wgrad
+(fastcnn.conv2d_backward with output_mask [1, 0, 0] and [0, 1, 0]), with the emulator's counters on
+(csrc/emu/README.md "Counters") and only a sample of each launch's blocks run, every counter scaled by
+blocks / blocks run. The outputs of a sampled launch are incomplete: they are thrown away. Writes
+benchmarks/results/emu-counters-resnet50-<date>.json and prints a summary table.
+
+Run: python benchmarks/emu_counters.py [--batch 32] [--sample-blocks 8] [--layers N] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import time
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("FASTCNN_BACKEND", "cuda-emu")
+
+import torch  # noqa: E402
+
+import fastcnn  # noqa: E402
+from fastcnn.tools.bench.cases import _conv_params, load_layers, spread  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+ELEM = 2  # fp16 bytes
+BK = 32  # K elements per stage of the fp16 GEMM tiles (64 bytes; cuda/gemm/kernel_traits.cuh)
+VEC = 8  # fp16 elements per 16-byte chunk: operands whose channels are not a multiple load by registers
+PASSES = ("fwd", "dgrad", "wgrad")
+COUNTERS = (
+    "mma_issued",
+    "macs_issued",
+    "useful_macs",
+    "ldmatrix",
+    "ldmatrix_bytes",
+    "bank_conflicts",
+    "cp_async",
+    "cp_async_bytes",
+    "cp_async_zero_fill",
+    "cp_async_sectors",
+    "barriers",
+)
+
+
+def nonzero(shape: tuple[int, ...]) -> torch.Tensor:
+    """fp16 values of magnitude 0.5-1.5 and random sign, channels_last: no input is ever zero, so a zero
+    mma operand is padding or zero fill, and random signs keep the sums small."""
+    t = (torch.rand(shape) + 0.5) * (torch.randint(0, 2, shape) * 2 - 1)
+    return t.half().contiguous(memory_format=torch.channels_last)
+
+
+def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def valid_taps(size: int, k: int, s: int, p: int, d: int) -> int:
+    """(output position, tap) pairs along one axis that read the input rather than its zero padding."""
+    return sum(
+        1 for o in range(out_size(size, k, s, p, d)) for t in range(k) if 0 <= o * s - p + t * d < size
+    )
+
+
+def label(layer: dict) -> str:
+    return (
+        f"{layer['in_channels']}->{layer['out_channels']} {layer['kernel_h']}x{layer['kernel_w']}"
+        f" s{layer['stride_h']} {layer['height']}x{layer['width']}"
+    )
+
+
+def gemm_shape(layer: dict, batch: int, oh: int, ow: int, pass_: str) -> tuple[int, int, int]:
+    """M, N, K of the pass's implicit GEMM (csrc/cuda/conv2d.cu)."""
+    g = layer["groups"]
+    cg, ocg = layer["in_channels"] // g, layer["out_channels"] // g
+    taps = layer["kernel_h"] * layer["kernel_w"]
+    if pass_ == "fwd":
+        return batch * oh * ow, ocg, taps * cg
+    if pass_ == "dgrad":
+        return batch * layer["height"] * layer["width"], cg, taps * ocg
+    return ocg, taps * cg, batch * oh * ow
+
+
+def uncounted_reads(layer: dict, pass_: str) -> list[str]:
+    """Operands the loaders read through registers (not cp.async): their bytes are not counted."""
+    g = layer["groups"]
+    cg_vec = (layer["in_channels"] // g) % VEC == 0
+    ocg_vec = (layer["out_channels"] // g) % VEC == 0
+    if pass_ == "fwd":
+        return [] if cg_vec else ["input", "weight"]
+    if pass_ == "dgrad":
+        return [] if ocg_vec else ["grad_output", "weight"]
+    return ([] if ocg_vec else ["grad_output"]) + ([] if cg_vec else ["input"])
+
+
+def run_case(layer: dict, batch: int, pass_: str, tensors: dict) -> tuple[list[dict], float]:
+    stride, padding, dilation, groups = _conv_params(layer)
+    torch.ops.fastcnn_emu.counters_reset()
+    start = time.perf_counter()
+    if pass_ == "fwd":
+        torch.ops.fastcnn.conv2d(tensors["x"], tensors["w"], None, stride, padding, dilation, groups, 0, None)
+    else:
+        mask = [pass_ == "dgrad", pass_ == "wgrad", False]
+        torch.ops.fastcnn.conv2d_backward(
+            tensors["gy"], tensors["x"], tensors["w"], None, stride, padding, dilation, groups, 0, mask
+        )
+    seconds = time.perf_counter() - start
+    return json.loads(torch.ops.fastcnn_emu.counters_read()), seconds
+
+
+def summarise(layer: dict, batch: int, pass_: str, records: list[dict], seconds: float) -> dict:
+    g = layer["groups"]
+    c, oc = layer["in_channels"], layer["out_channels"]
+    kh, kw = layer["kernel_h"], layer["kernel_w"]
+    oh = out_size(layer["height"], kh, layer["stride_h"], layer["pad_h"], layer["dilation_h"])
+    ow = out_size(layer["width"], kw, layer["stride_w"], layer["pad_w"], layer["dilation_w"])
+    in_bytes = batch * c * layer["height"] * layer["width"] * ELEM
+    out_bytes = batch * oc * oh * ow * ELEM
+    w_bytes = oc * (c // g) * kh * kw * ELEM
+    true_macs = batch * oh * ow * oc * (c // g) * kh * kw
+    # The products that touch no padding: every pass's GEMM needs exactly these (dgrad and wgrad pair the
+    # same (pixel, tap) positions as forward), so with every block run useful_macs equals this.
+    nonpadding_macs = (
+        batch
+        * valid_taps(layer["height"], kh, layer["stride_h"], layer["pad_h"], layer["dilation_h"])
+        * valid_taps(layer["width"], kw, layer["stride_w"], layer["pad_w"], layer["dilation_w"])
+        * oc
+        * (c // g)
+    )
+    m, n, k = gemm_shape(layer, batch, oh, ow, pass_)
+
+    total = {name: sum(r["scaled"][name] for r in records) for name in COUNTERS}
+    gemm = next(r for r in records if "conv_gemm_kernel" in r["kernel"])
+    tile = re.search(r"MmaConfig<[^,]+, (\d+), (\d+), (\d+), (\d+)>", gemm["kernel"])
+    k_tiles = math.ceil(k / BK)
+    splits = gemm["grid"][2] // g
+    k_tiles_per_block = math.ceil(k_tiles / splits)
+    # Stores are plain stores, which the emulator does not count: the GEMM writes each C element of its
+    # pass once (wgrad: one fp32 partial per K split, which the reduction reads back and sums).
+    if pass_ == "fwd":
+        compulsory = in_bytes + w_bytes + out_bytes
+        writes = out_bytes
+        min_reads = in_bytes + w_bytes
+    elif pass_ == "dgrad":
+        compulsory = out_bytes + w_bytes + in_bytes
+        writes = in_bytes
+        min_reads = out_bytes + w_bytes
+    else:
+        compulsory = out_bytes + in_bytes + w_bytes
+        partials = splits * g * m * n * 4
+        writes = partials + partials + w_bytes  # GEMM partials out, reduction reads them and writes
+        min_reads = out_bytes + in_bytes
+    uncounted = uncounted_reads(layer, pass_)
+    global_bytes = total["cp_async_bytes"] + writes
+    return {
+        "layer": label(layer),
+        "pass": pass_,
+        "shape": {k_: layer[k_] for k_ in layer if k_ != "count"},
+        "occurrences": layer.get("count", 1),
+        "gemm": {"M": m, "N": n, "K": k, "tile": [int(v) for v in tile.groups()] if tile else None},
+        "kernels": [r["kernel"] for r in records],
+        "mma_issued": total["mma_issued"],
+        "macs_issued": total["macs_issued"],
+        "useful_macs": total["useful_macs"],
+        "true_macs": true_macs,
+        "useful_mac_fraction": total["useful_macs"] / max(total["macs_issued"], 1),
+        "useful_vs_true": total["useful_macs"] / true_macs,
+        "nonpadding_macs": nonpadding_macs,
+        "useful_vs_nonpadding": total["useful_macs"] / nonpadding_macs,
+        "global_bytes": global_bytes,
+        "global_read_bytes": total["cp_async_bytes"],
+        "global_write_bytes_model": writes,
+        "reads_not_counted": uncounted,
+        "compulsory_bytes": compulsory,
+        "compulsory_read_bytes": min_reads,
+        "global_vs_compulsory": global_bytes / compulsory,
+        "sectors": total["cp_async_sectors"],
+        "min_sectors": math.ceil(min_reads / 32),
+        "cp_async": total["cp_async"],
+        "cp_async_zero_fill": total["cp_async_zero_fill"],
+        "ldmatrix": total["ldmatrix"],
+        "bank_conflicts": total["bank_conflicts"],
+        "min_bank_conflicts": 0,
+        "barriers": total["barriers"],
+        "barriers_per_block": gemm["barriers_per_block"],
+        "k_tiles_per_block": k_tiles_per_block,
+        "min_barriers_per_block": k_tiles_per_block + 1,
+        "blocks": gemm["blocks"],
+        "blocks_run": gemm["blocks_run"],
+        "sampled": any(r["sampled"] for r in records),
+        "splits": splits,
+        "resident_blocks_per_sm": gemm["resident_blocks_per_sm"],
+        "resident_limit": gemm["resident_limit"],
+        "waves": gemm["waves"],
+        "wave_fraction": gemm["wave_fraction"],
+        "min_waves": 1,
+        "emulation_seconds": round(seconds, 2),
+        "launches": records,
+    }
+
+
+def table(cases: list[dict]) -> str:
+    head = (
+        f"{'layer':<26} {'pass':<5} {'useful':>7} {'u/np':>5} {'GMAC':>8} {'glob MB':>9} {'comp MB':>9}"
+        f" {'x':>5} {'sect/min':>8} {'conflicts':>10} {'bar/kt':>6} {'blocks':>7} {'waves':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for c in cases:
+        note = "*" if c["reads_not_counted"] else ""
+        lines.append(
+            f"{c['layer']:<26} {c['pass']:<5} {100 * c['useful_mac_fraction']:6.1f}%"
+            f" {c['useful_vs_nonpadding']:5.2f} {c['macs_issued'] / 1e9:8.2f}"
+            f" {c['global_bytes'] / 1e6:9.1f} {c['compulsory_bytes'] / 1e6:9.1f}"
+            f" {c['global_vs_compulsory']:5.2f}{note:1}"
+            f"{c['sectors'] / max(c['min_sectors'], 1):8.2f} {c['bank_conflicts']:10d}"
+            f" {c['barriers_per_block'] / c['k_tiles_per_block']:6.2f} {c['blocks']:7d}"
+            f" {c['waves']:3d}/{c['wave_fraction']:.1f}"
+        )
+    lines += [
+        "useful: useful/issued MACs; u/np: useful/non-padding MACs (1 but for sampling);",
+        "x: global/compulsory bytes (* = some reads go through registers and are not counted);",
+        "sect/min: sectors / (compulsory read bytes / 32); bar/kt: barriers per block per K tile;",
+        "waves: ceil / fraction (resident blocks from threads and shared memory; registers unknown)",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--sample-blocks", type=int, default=8, help="blocks run per launch (>= 2)")
+    parser.add_argument("--layers", type=int, default=None, help="layers, spread over the list (all)")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if fastcnn.backend() != "cuda-emu":
+        raise SystemExit("needs the emulation build: FASTCNN_BACKEND=cuda-emu and fastcnn._C_emu")
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)
+    layers = spread(load_layers()["resnet50"], args.layers)
+    emu = torch.ops.fastcnn_emu
+    sm_count = emu.properties()[1]
+    emu.counters_enable(True, args.sample_blocks)
+    cases = []
+    start = time.perf_counter()
+    try:
+        for layer in layers:
+            stride, padding, dilation, groups = _conv_params(layer)
+            c, oc, kh, kw = layer["in_channels"], layer["out_channels"], layer["kernel_h"], layer["kernel_w"]
+            oh = out_size(layer["height"], kh, stride[0], padding[0], dilation[0])
+            ow = out_size(layer["width"], kw, stride[1], padding[1], dilation[1])
+            tensors = {
+                "x": nonzero((args.batch, c, layer["height"], layer["width"])),
+                "w": nonzero((oc, c // groups, kh, kw)),
+                "gy": nonzero((args.batch, oc, oh, ow)),
+            }
+            for pass_ in PASSES:
+                records, seconds = run_case(layer, args.batch, pass_, tensors)
+                case = summarise(layer, args.batch, pass_, records, seconds)
+                cases.append(case)
+                print(
+                    f"{case['layer']:<26} {pass_:<5} {100 * case['useful_mac_fraction']:5.1f}% useful,"
+                    f" {seconds:6.1f} s",
+                    flush=True,
+                )
+    finally:
+        emu.counters_enable(False)
+        emu.counters_reset()
+    runtime = time.perf_counter() - start
+    out = args.json or ROOT / "results" / f"emu-counters-resnet50-{date.today().isoformat()}.json"
+    header = {
+        "about": (
+            "fastcnn CUDA conv kernels on ResNet-50's conv layers, counted by the SIMT emulator"
+            " (csrc/emu/README.md 'Counters'); fp16, channels_last. Each launch ran sample_blocks of its"
+            " blocks (first and last included, spread evenly) and every counter is scaled by blocks /"
+            " blocks run, so figures are estimates for non-uniform launches (edge tiles)."
+        ),
+        "date": date.today().isoformat(),
+        "batch": args.batch,
+        "sample_blocks": args.sample_blocks,
+        "layers": len(layers),
+        "dtype": "float16",
+        "layout": "channels_last",
+        "emulated_sm_count": sm_count,
+        "runtime_s": round(runtime, 1),
+        "notes": [
+            "global_bytes = cp.async bytes requested (counted) + global_write_bytes_model (stores are"
+            " not counted by the emulator: the C tile once per pass, for wgrad the fp32 split-K partials"
+            " written and read back plus the fp16 weight gradient)",
+            "reads_not_counted: operands loaded through registers (channels not a multiple of 8), whose"
+            " bytes and sectors are missing from the counts",
+            "useful_macs: mma products with both operands non-zero (inputs are never zero);"
+            " true_macs = N*OH*OW*OC*C/groups*KH*KW (padding taps included, the usual FLOP count);"
+            " nonpadding_macs = the products that read no padding, what every pass must do;"
+            " useful_vs_nonpadding differs from 1 only by the sampling error",
+            "waves use resident blocks per SM from threads and shared memory at sm_90 limits; registers"
+            " are not known to the emulator, so residency is an upper bound and waves a lower bound",
+            "bank_conflicts: ldmatrix wavefronts beyond one per 8-address phase",
+        ],
+        "cases": cases,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(header, indent=1) + "\n")
+    print(table(cases))
+    print(
+        f"{len(cases)} cases in {runtime:.0f} s (batch {args.batch}, {args.sample_blocks} blocks per launch)"
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The emulator's work counters (torch.ops.fastcnn_emu.counters_*, csrc/emu/README.md "Counters") on
+cases whose figures follow by hand: single instructions of the self-test kernels, ldmatrix rows at chosen
+addresses for the bank-conflict count, and convolutions whose GEMM is one block tile. Every block runs
+here: block sampling leaves outputs unwritten and is for benchmarks/emu_counters.py only.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import EMULATED
+
+pytestmark = pytest.mark.skipif(not EMULATED, reason="needs the emulation build (FASTCNN_BACKEND=cuda-emu)")
+
+emu = torch.ops.fastcnn_emu if EMULATED else None
+
+
+@pytest.fixture
+def counting():
+    """Counters on (every block) for the test, then off and cleared; yields a reader of the records."""
+    emu.counters_reset()
+    emu.counters_enable(True)
+    try:
+        yield lambda: json.loads(emu.counters_read())
+    finally:
+        emu.counters_enable(False)
+        emu.counters_reset()
+
+
+def _only(records: list[dict], name: str) -> dict:
+    hits = [r for r in records if name in r["kernel"]]
+    assert len(hits) == 1, [r["kernel"] for r in records]
+    return hits[0]
+
+
+def test_counters_off_by_default_and_when_disabled():
+    emu.counters_reset()
+    x = torch.randn(1, 16, 4, 4).half().contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 16, 1, 1).half().contiguous(memory_format=torch.channels_last)
+    torch.ops.fastcnn.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1, 0, None)
+    assert json.loads(emu.counters_read()) == []
+    emu.counters_enable(True)
+    emu.counters_enable(False)
+    torch.ops.fastcnn.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1, 0, None)
+    assert json.loads(emu.counters_read()) == []
+
+
+def test_sampling_needs_the_first_and_last_block():
+    with pytest.raises(RuntimeError, match="sample_blocks"):
+        emu.counters_enable(True, 1)
+    emu.counters_enable(False)
+
+
+@pytest.mark.parametrize(
+    "pitch, conflicts_per_matrix",
+    [
+        (16, 0),  # eight consecutive 16-byte rows: one 128-byte line, every bank once
+        (32, 1),  # rows 0 and 4 of each matrix share banks: two wavefronts
+        (80, 0),  # the GEMM tiles' K-major pitch (32 + 8 fp16): banks 0, 20, 8, 28, ... apart
+        (128, 7),  # every row in banks 0-3: eight wavefronts
+        (0, 0),  # one address for every row: a broadcast
+    ],
+)
+@pytest.mark.parametrize("num", [1, 2, 4])
+def test_ldmatrix_bank_conflicts(counting, pitch, conflicts_per_matrix, num):
+    offsets = torch.tensor([(lane % (8 * num)) * pitch for lane in range(32)], dtype=torch.int32)
+    emu.test_ldmatrix_rows(offsets, num)
+    rec = _only(counting(), "ldmatrix_rows_kernel")["raw"]
+    assert rec["ldmatrix"] == 1
+    assert rec["ldmatrix_bytes"] == 128 * num
+    assert rec["bank_conflicts"] == conflicts_per_matrix * num
+    assert rec["ldmatrix_wavefronts"] == (conflicts_per_matrix + 1) * num
+    assert rec["mma_issued"] == 0 and rec["cp_async"] == 0
+    assert rec["barriers"] == 1
+
+
+@pytest.mark.parametrize("k_major", [True, False])
+def test_mma_chain_useful_macs(counting, k_major):
+    rng = np.random.default_rng(17)
+    a = rng.uniform(0.5, 1.5, (16, 16)).astype(np.float32)
+    b = rng.uniform(0.5, 1.5, (8, 16)).astype(np.float32)  # [n, k]
+    a[rng.random((16, 16)) < 0.3] = 0
+    b[rng.random((8, 16)) < 0.3] = 0
+    a[:, 5] = 0  # a whole K column of A: nothing of k = 5 is useful
+    useful = int(sum(np.count_nonzero(a[:, k]) * np.count_nonzero(b[:, k]) for k in range(16)))
+    # K-major: A [16 m, 16 k] and B [8 n, 16 k]; MN-major: A [16 k, 16 m] and B [16 k, 8 n].
+    at = torch.from_numpy(a if k_major else a.T.copy()).half()
+    bt = torch.from_numpy(b if k_major else b.T.copy()).half()
+    emu.test_mma_chain(at, bt, torch.zeros(16, 8), k_major)
+    rec = _only(counting(), "mma_chain_test_kernel")
+    raw = rec["raw"]
+    assert raw["mma_issued"] == 1
+    assert raw["macs_issued"] == 16 * 8 * 16
+    assert raw["useful_macs"] == useful
+    assert raw["ldmatrix"] == 2  # A x4, B x2
+    assert raw["ldmatrix_bytes"] == 512 + 256
+    if k_major:
+        # Rows 32 bytes apart (instruction_tests.cuh kPitch): every 8-row phase is two-way conflicted.
+        assert raw["bank_conflicts"] == 6
+    assert rec["blocks"] == 1 and rec["blocks_run"] == 1 and rec["sampled"] is False
+    assert rec["raw"] == rec["scaled"]
+
+
+def test_mma_tf32_macs(counting):
+    a = torch.rand(16, 8) + 0.5
+    b = torch.rand(8, 8) + 0.5
+    a[3, :] = 0  # one row of A: 8 columns lose one product each
+    emu.test_mma_chain(a, b, torch.zeros(16, 8), True)
+    raw = _only(counting(), "mma_tf32_chain_test_kernel")["raw"]
+    assert raw["mma_issued"] == 1
+    assert raw["macs_issued"] == 16 * 8 * 8
+    assert raw["useful_macs"] == 15 * 8 * 8
+
+
+def test_cp_async_requests_sectors_and_zero_fill(counting):
+    src = torch.arange(128, dtype=torch.int32)
+    emu.test_cp_async(src)
+    raw = _only(counting(), "cp_async_test_kernel")["raw"]
+    valid = [lane for lane in range(32) if lane % 3 != 2]  # instruction_tests.cuh: lane % 3 == 2 zero-fills
+    base = src.data_ptr()
+    assert raw["cp_async"] == 32
+    assert raw["cp_async_warp_instructions"] == 1
+    assert raw["cp_async_zero_fill"] == 32 - len(valid)
+    assert raw["cp_async_bytes"] == 16 * len(valid)
+    assert raw["cp_async_sectors"] == len({(base + 16 * lane) // 32 for lane in valid})
+    assert raw["barriers"] == 1
+
+
+def _pixel_taps(h: int, w: int, k: int, pad: int) -> int:
+    """(output pixel, kernel tap) pairs that read the input, not the padding (stride 1)."""
+    oh, ow = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    return sum(
+        1
+        for y in range(oh)
+        for x in range(ow)
+        for ky in range(k)
+        for kx in range(k)
+        if 0 <= y + ky - pad < h and 0 <= x + kx - pad < w
+    )
+
+
+@pytest.mark.parametrize("kernel, pad", [(1, 0), (3, 1)])
+def test_forward_conv_one_tile(counting, kernel, pad):
+    # GEMM M = 16 pixels, N = 8 output channels, K = kernel^2 * 16: one 64x64 block tile (4 warps of
+    # 32x32, BK = 32), whose K tiles each take 2 k-steps x 2 x 4 m16n8k16 per warp.
+    c, oc, h = 16, 8, 4
+    x = (torch.rand(1, c, h, h) + 0.5).half().contiguous(memory_format=torch.channels_last)
+    wt = (torch.rand(oc, c, kernel, kernel) + 0.5).half().contiguous(memory_format=torch.channels_last)
+    y = torch.ops.fastcnn.conv2d(x, wt, None, [1, 1], [pad, pad], [1, 1], 1, 0, None)
+    ref = torch.nn.functional.conv2d(x.float(), wt.float(), padding=pad)
+    torch.testing.assert_close(y.float(), ref, rtol=2e-3, atol=2e-2)
+    rec = _only(counting(), "conv_gemm_kernel")
+    raw = rec["raw"]
+    k_tiles = -(-kernel * kernel * c // 32)
+    assert rec["grid"] == [1, 1, 1] and rec["block"] == [128, 1, 1]
+    assert rec["blocks"] == 1 and rec["waves"] == 1 and rec["sampled"] is False
+    assert raw["mma_issued"] == k_tiles * 4 * 2 * 2 * 4
+    assert raw["macs_issued"] == raw["mma_issued"] * 16 * 8 * 16
+    taps = _pixel_taps(h, h, kernel, pad)
+    assert raw["useful_macs"] == taps * c * oc
+    # Each K tile: A and B tiles of 64 rows x 4 chunks of 8 channels, one 16-byte request per chunk;
+    # those of real pixels and taps (A) or real output channels (B) read, the others zero-fill.
+    requests = k_tiles * 2 * 64 * 4
+    valid = taps * (c // 8) + oc * kernel * kernel * (c // 8)
+    assert raw["cp_async"] == requests
+    assert raw["cp_async_warp_instructions"] == requests // 32
+    assert raw["cp_async_bytes"] == 16 * valid
+    assert raw["cp_async_zero_fill"] == requests - valid
+    # Per K tile and warp: 2 k-steps x (2 A + 2 B) ldmatrix.x4, conflict-free at the 80-byte pitch.
+    assert raw["ldmatrix"] == k_tiles * 4 * 2 * 4
+    assert raw["bank_conflicts"] == 0
+    # The mainloop: one barrier after the first tile lands, one closing each K tile.
+    assert raw["barriers"] == 1 + k_tiles
+
+
+def test_sampled_launch_scales_counts():
+    # Sampling is exercised here on a launch whose output is discarded: 8 blocks of a 1x1 conv with
+    # 512 pixels (64x64 tiles), 2 of them run.
+    x = (torch.rand(2, 16, 16, 16) + 0.5).half().contiguous(memory_format=torch.channels_last)
+    wt = (torch.rand(8, 16, 1, 1) + 0.5).half().contiguous(memory_format=torch.channels_last)
+    emu.counters_reset()
+    emu.counters_enable(True)
+    try:
+        torch.ops.fastcnn.conv2d(x, wt, None, [1, 1], [0, 0], [1, 1], 1, 0, None)
+        full = _only(json.loads(emu.counters_read()), "conv_gemm_kernel")
+        emu.counters_reset()
+        emu.counters_enable(True, 2)
+        torch.ops.fastcnn.conv2d(x, wt, None, [1, 1], [0, 0], [1, 1], 1, 0, None)
+        part = _only(json.loads(emu.counters_read()), "conv_gemm_kernel")
+    finally:
+        emu.counters_enable(False)
+        emu.counters_reset()
+    assert full["blocks"] == part["blocks"] == 8
+    assert part["blocks_run"] == 2 and part["sampled"] is True
+    assert part["raw"]["mma_issued"] == 2 * full["raw"]["mma_issued"] // 8
+    # Every block is a full tile here, so the scaled figures are the whole launch's.
+    assert part["scaled"] == full["raw"]
