@@ -83,7 +83,7 @@ lint: $(VENV)/.deps
 
 # The op tests that run a second time against the emulated CUDA kernels in `make test` (every op, dtype,
 # layout, epilogue, forward and backward); `make test-cuda-emu` runs all of tests/ that way.
-EMU_CI_TESTS := tests/test_emulator.py tests/test_conv2d.py tests/test_linear.py tests/test_activation.py \
+EMU_CI_TESTS := tests/test_emulator.py tests/test_emu_counters.py tests/test_conv2d.py tests/test_linear.py tests/test_activation.py \
                 tests/test_max_pool2d.py tests/test_avg_pool2d.py tests/test_adaptive_avg_pool2d.py \
                 tests/test_augment.py tests/test_batch_norm.py tests/test_layer_norm.py tests/test_determinism.py \
                 tests/test_fuse.py tests/test_compile.py tests/test_convert_cuda.py

@@ -3,9 +3,10 @@
 // output element a kernel never writes fails the tests instead of passing on leftover memory.
 // configure() picks the
 // emulated device (compute capability, SM count) and the scheduling seed; stats() counts launches and
-// device-attribute queries; set_ablation() removes one barrier or wait_group site at run time; the
-// test_* ops run the kernels of instruction_tests.cuh and deliberately faulty kernels whose faults the
-// emulator must report (tests/test_emulator.py).
+// device-attribute queries; set_ablation() removes one barrier or wait_group site at run time;
+// counters_enable/reset/read() count the work of each launch (README.md "Counters",
+// tests/test_emu_counters.py); the test_* ops run the kernels of instruction_tests.cuh and deliberately
+// faulty kernels whose faults the emulator must report (tests/test_emulator.py).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/CPUAllocator.h>
@@ -25,6 +26,9 @@ namespace emu {
 void configure(int arch, int sm_count, int64_t seed);
 void set_ablation(const std::string& site);
 std::vector<int64_t> stats();
+void counters_enable(bool enable, int64_t sample_blocks);
+void counters_reset();
+std::string counters_read();
 
 namespace {
 
@@ -67,6 +71,10 @@ std::vector<int64_t> properties_op() {
 
 void set_ablation_op(c10::string_view site) {
   set_ablation(std::string(site));
+}
+
+void counters_enable_op(bool enable, int64_t sample_blocks) {
+  counters_enable(enable, sample_blocks);
 }
 
 at::Tensor contiguous_of(const at::Tensor& t, at::ScalarType dtype, int64_t numel, const char* name) {
@@ -150,6 +158,46 @@ at::Tensor test_mma_chain(const at::Tensor& a, const at::Tensor& b, const at::Te
     run(c10::BFloat16{});
   }
   return d;
+}
+
+// ldmatrix with lane l's row at byte offset offsets[l] of zeroed shared memory, so that a test can pick
+// the row addresses (the bank-conflict counters depend on them alone). Returns lane-major registers.
+template <int Num>
+__global__ void ldmatrix_rows_kernel(const int* offsets, uint32_t* out) {
+  FASTCNN_EXTERN_SHARED(smem);
+  for (int i = threadIdx.x; i < kInstructionTestSharedBytes; i += 32) smem[i] = 0;
+  __syncthreads();
+  uint32_t r[Num];
+  const unsigned char* row = smem + offsets[threadIdx.x];
+  if constexpr (Num == 1) {
+    cuda::ldmatrix_x1(r, row);
+  } else if constexpr (Num == 2) {
+    cuda::ldmatrix_x2(r, row);
+  } else {
+    cuda::ldmatrix_x4(r, row);
+  }
+  for (int i = 0; i < Num; ++i) out[threadIdx.x * Num + i] = r[i];
+}
+
+at::Tensor test_ldmatrix_rows(const at::Tensor& offsets, int64_t num) {
+  const at::Tensor o = contiguous_of(offsets, at::kInt, 32, "offsets");
+  const auto* po = ptr<const int>(o);
+  for (int l = 0; l < 32; ++l) {
+    TORCH_CHECK(po[l] >= 0 && po[l] + 16 <= kInstructionTestSharedBytes,
+                "fastcnn_emu: offsets must lie in [0, ", kInstructionTestSharedBytes - 16, "]");
+  }
+  at::Tensor out = at::empty({32 * num}, offsets.options());
+  auto* pout = ptr<uint32_t>(out);
+  const size_t shm = kInstructionTestSharedBytes;
+  if (num == 1) {
+    launch_kernel<ldmatrix_rows_kernel<1>>(1, 32, shm, nullptr, po, pout);
+  } else if (num == 2) {
+    launch_kernel<ldmatrix_rows_kernel<2>>(1, 32, shm, nullptr, po, pout);
+  } else {
+    TORCH_CHECK(num == 4, "fastcnn_emu: num must be 1, 2 or 4");
+    launch_kernel<ldmatrix_rows_kernel<4>>(1, 32, shm, nullptr, po, pout);
+  }
+  return out;
 }
 
 at::Tensor test_cvt_tf32(const at::Tensor& x) {
@@ -294,6 +342,10 @@ TORCH_LIBRARY(fastcnn_emu, m) {
   m.def("properties() -> int[]", &fastcnn::emu::properties_op);
   m.def("stats() -> int[]", &fastcnn::emu::stats);
   m.def("set_ablation(str site) -> ()", &fastcnn::emu::set_ablation_op);
+  m.def("counters_enable(bool enable, int sample_blocks=0) -> ()", &fastcnn::emu::counters_enable_op);
+  m.def("counters_reset() -> ()", &fastcnn::emu::counters_reset);
+  m.def("counters_read() -> str", &fastcnn::emu::counters_read);
+  m.def("test_ldmatrix_rows(Tensor offsets, int num) -> Tensor", &fastcnn::emu::test_ldmatrix_rows);
   m.def("test_ldmatrix(Tensor src, int num, bool trans) -> Tensor", &fastcnn::emu::test_ldmatrix);
   m.def("test_mma(Tensor a, Tensor b, Tensor c, int kind) -> Tensor", &fastcnn::emu::test_mma);
   m.def("test_mma_chain(Tensor a, Tensor b, Tensor c, bool k_major) -> Tensor",

@@ -15,6 +15,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -56,6 +57,21 @@ double tf32_value(uint32_t bits) {
   return static_cast<double>(f);
 }
 
+// Shared-memory wavefronts of one 8-address phase of ldmatrix (one 8x8 matrix, eight 16-byte rows):
+// 32 banks of 4 bytes; distinct words in one bank take one wavefront each, the same word is broadcast.
+int phase_wavefronts(const uint32_t* row_addresses) {
+  uint32_t words[32];
+  for (int r = 0; r < 8; ++r) {
+    for (int w = 0; w < 4; ++w) words[4 * r + w] = row_addresses[r] / 4 + static_cast<uint32_t>(w);
+  }
+  std::sort(words, words + 32);
+  const int distinct = static_cast<int>(std::unique(words, words + 32) - words);
+  int per_bank[32] = {};
+  int most = 1;
+  for (int i = 0; i < distinct; ++i) most = std::max(most, ++per_bank[words[i] % 32]);
+  return most;
+}
+
 template <int Num, bool Trans>
 void complete_ldmatrix(LaneSlot* slots, unsigned) {
   uint16_t rows[4][8][8];
@@ -69,6 +85,17 @@ void complete_ldmatrix(LaneSlot* slots, unsigned) {
              lane);
       }
       std::memcpy(rows[m][r], shared_pointer(addr, 16, "ldmatrix", lane), 16);
+    }
+  }
+  if (LaunchCounters* c = g_counters) {
+    ++c->ldmatrix;
+    c->ldmatrix_bytes += 128 * Num;
+    for (int m = 0; m < Num; ++m) {
+      uint32_t addresses[8];
+      for (int r = 0; r < 8; ++r) addresses[r] = static_cast<uint32_t>(slots[8 * m + r].in[0]);
+      const int wavefronts = phase_wavefronts(addresses);
+      c->ldmatrix_wavefronts += static_cast<uint64_t>(wavefronts);
+      c->bank_conflicts += static_cast<uint64_t>(wavefronts - 1);
     }
   }
   for (int lane = 0; lane < 32; ++lane) {
@@ -126,6 +153,19 @@ void complete_mma(LaneSlot* slots, unsigned) {
     c[g][2 * t + 1] = cr[1];
     c[g + 8][2 * t] = cr[2];
     c[g + 8][2 * t + 1] = cr[3];
+  }
+  if (LaunchCounters* counters = g_counters) {
+    // A zero operand is, with non-zero inputs, padding or a tile tail that the loaders zero-filled.
+    uint64_t useful = 0;
+    for (int k = 0; k < K; ++k) {
+      uint64_t rows_nonzero = 0, cols_nonzero = 0;
+      for (int m = 0; m < 16; ++m) rows_nonzero += a[m][k] != 0.0;
+      for (int n = 0; n < 8; ++n) cols_nonzero += b[k][n] != 0.0;
+      useful += rows_nonzero * cols_nonzero;
+    }
+    ++counters->mma;
+    counters->macs += 16 * 8 * K;
+    counters->useful_macs += useful;
   }
   for (int lane = 0; lane < 32; ++lane) {
     const int g = lane / 4, t = lane % 4;

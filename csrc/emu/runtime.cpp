@@ -11,8 +11,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <mutex>
 #include <sstream>
@@ -91,6 +93,7 @@ namespace fastcnn {
 namespace emu {
 
 Builtins* current = nullptr;
+LaunchCounters* g_counters = nullptr;
 
 #if FASTCNN_EMU_TSAN
 RuntimeScope::RuntimeScope() {
@@ -203,7 +206,8 @@ struct Thread {
   std::vector<size_t> group_ends;  // copies[0, group_ends[i]) belong to commit groups 0..i
   size_t landed = 0;               // copies[0, landed) have landed
   size_t groups_done = 0;
-  uint64_t clean_epoch = 0;  // the fault epoch this fiber's stack and sanitizer state are clean for
+  uint64_t cp_async_issued = 0;  // this block's cp.async calls so far: the k-th joins warp instruction k
+  uint64_t clean_epoch = 0;      // the fault epoch this fiber's stack and sanitizer state are clean for
 #if FASTCNN_EMU_TSAN
   void* tsan_fiber = nullptr;
 #endif
@@ -235,6 +239,54 @@ struct Launch {
   bool failed = false;
   std::string error;
 };
+
+// ---- counters ---------------------------------------------------------------------------------------------
+// Off unless counters_enable(true): then every launch appends one JSON record (README.md "Counters").
+struct CounterSettings {
+  bool enabled = false;
+  int64_t sample_blocks = 0;  // 0: every block
+  std::vector<std::string> records;
+};
+
+CounterSettings& counter_settings() {
+  static CounterSettings s;
+  return s;
+}
+
+// The 32-byte global sectors of one warp-level cp.async: the k-th request of each lane of the warp.
+// fastcnn's loaders issue their cp.async convergently, so the k-th of every lane is the same instruction.
+struct SectorGroup {
+  unsigned lanes = 0;
+  int count = 0;
+  uint64_t sectors[32];
+};
+
+struct WarpCopies {
+  uint64_t base = 0;  // index of groups.front()
+  std::deque<SectorGroup> groups;
+};
+
+struct Counting {
+  LaunchCounters counters;
+  std::vector<WarpCopies> warps;  // of the running block
+
+  void finish(SectorGroup& g) {
+    std::sort(g.sectors, g.sectors + g.count);
+    counters.cp_async_sectors +=
+        static_cast<uint64_t>(std::unique(g.sectors, g.sectors + g.count) - g.sectors);
+    ++counters.cp_async_warp;
+  }
+  // Groups some lanes never joined (a divergent tail) still count, with the sectors they have.
+  void finish_block() {
+    for (WarpCopies& w : warps) {
+      for (SectorGroup& g : w.groups) finish(g);
+      w.groups.clear();
+      w.base = 0;
+    }
+  }
+};
+
+Counting* g_counting = nullptr;
 
 std::vector<Thread>& thread_pool() {
   static std::vector<Thread> pool;
@@ -485,11 +537,13 @@ void run_block(Launch& L, std::vector<Thread>& threads, uint3 block_idx) {
     t.group_ends.clear();
     t.landed = 0;
     t.groups_done = 0;
+    t.cp_async_issued = 0;
     prepare_fiber(t);
     L.warps[t.warp].present |= 1u << t.lane;
     ++L.warps[t.warp].runnable;
   }
   L.barrier_arrived = 0;
+  if (g_counting != nullptr) g_counting->warps.assign(warps, WarpCopies{});
   if (L.dynamic_shared_bytes > 0) std::memset(L.dynamic_shared, 0xff, L.dynamic_shared_bytes);
 
   // Scheduling policy of this block: a warp runs `budget` steps (each runnable lane until it blocks) before
@@ -508,7 +562,10 @@ void run_block(Launch& L, std::vector<Thread>& threads, uint3 block_idx) {
       if (candidates.empty()) {
         bool all_exited = true;
         for (int i = 0; i < n; ++i) all_exited = all_exited && threads[i].state == State::Exited;
-        if (all_exited) return;
+        if (all_exited) {
+          if (g_counting != nullptr) g_counting->finish_block();
+          return;
+        }
         diagnose_stall(L, threads);
       }
       warp = candidates[L.rng.below(static_cast<uint32_t>(candidates.size()))];
@@ -555,6 +612,121 @@ void check_config(const LaunchConfig& c, const DeviceProperties& props) {
   if (smem > static_cast<size_t>(props.max_shared_optin)) {
     bad("dynamic shared memory over the device's " + std::to_string(props.max_shared_optin) + " bytes");
   }
+}
+
+// Blocks of one SM at once on sm_90 from the block's threads and dynamic shared memory alone: 2,048
+// threads, 228 KiB of shared memory (1 KiB of it reserved per block, allocated in 128-byte units) and 32
+// blocks per SM. Registers and static __shared__ arrays are unknown to the emulator and not counted, so
+// this is an upper bound (a kernel that needs 255 registers per thread fits one 256-thread block).
+struct Residency {
+  int64_t blocks;
+  const char* limit;
+};
+
+Residency resident_blocks_per_sm(const LaunchConfig& c) {
+  const int64_t threads = static_cast<int64_t>(c.block.x) * c.block.y * c.block.z;
+  Residency r{32, "blocks"};
+  const int64_t by_threads = 2048 / ((threads + 31) / 32 * 32);
+  if (by_threads < r.blocks) r = {by_threads, "threads"};
+  if (c.dynamic_shared_bytes > 0) {
+    const int64_t per_block = (static_cast<int64_t>(c.dynamic_shared_bytes) + 1024 + 127) / 128 * 128;
+    const int64_t by_shared = 228 * 1024 / per_block;
+    if (by_shared < r.blocks) r = {by_shared, "shared"};
+  }
+  if (r.blocks < 1) r.blocks = 1;
+  return r;
+}
+
+// The sampled blocks of a launch: `n` linear block indices spread evenly from the first to the last.
+std::vector<uint64_t> sampled_blocks(uint64_t count, int64_t n) {
+  std::vector<uint64_t> out;
+  const uint64_t steps = static_cast<uint64_t>(n) - 1;
+  for (uint64_t i = 0; i <= steps; ++i) {
+    const unsigned __int128 scaled = static_cast<unsigned __int128>(i) * (count - 1) + steps / 2;
+    out.push_back(static_cast<uint64_t>(scaled / steps));
+  }
+  return out;
+}
+
+std::string json_string(const char* text) {
+  std::string out = "\"";
+  for (const char* p = text; *p != '\0'; ++p) {
+    const unsigned char ch = static_cast<unsigned char>(*p);
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += static_cast<char>(ch);
+    } else if (ch < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\u%04x", ch);
+      out += buf;
+    } else {
+      out += static_cast<char>(ch);
+    }
+  }
+  return out + "\"";
+}
+
+std::string json_dim(dim3 d) {
+  return "[" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + "]";
+}
+
+// The counters as a JSON object, each multiplied by `scale` (blocks / blocks run) and rounded.
+std::string json_counters(const LaunchCounters& c, long double scale) {
+  const std::pair<const char*, uint64_t> fields[] = {
+      {"mma_issued", c.mma},
+      {"macs_issued", c.macs},
+      {"useful_macs", c.useful_macs},
+      {"ldmatrix", c.ldmatrix},
+      {"ldmatrix_bytes", c.ldmatrix_bytes},
+      {"ldmatrix_wavefronts", c.ldmatrix_wavefronts},
+      {"bank_conflicts", c.bank_conflicts},
+      {"cp_async", c.cp_async},
+      {"cp_async_warp_instructions", c.cp_async_warp},
+      {"cp_async_bytes", c.cp_async_bytes},
+      {"cp_async_zero_fill", c.cp_async_zero_fill},
+      {"cp_async_sectors", c.cp_async_sectors},
+      {"barriers", c.barriers},
+  };
+  std::string out = "{";
+  bool first = true;
+  for (const auto& [name, value] : fields) {
+    if (!first) out += ", ";
+    first = false;
+    const long double v = static_cast<long double>(value) * scale;
+    out += json_string(name) + ": " + std::to_string(static_cast<uint64_t>(v + 0.5L));
+  }
+  return out + "}";
+}
+
+std::string launch_record(uint64_t index, const LaunchConfig& c, int sm_count, uint64_t blocks,
+                          uint64_t blocks_run, const LaunchCounters& counters) {
+  const Residency r = resident_blocks_per_sm(c);
+  const uint64_t per_wave = static_cast<uint64_t>(r.blocks) * static_cast<uint64_t>(sm_count);
+  const uint64_t waves = (blocks + per_wave - 1) / per_wave;
+  const double fraction = static_cast<double>(blocks) / static_cast<double>(per_wave);
+  char wave_text[32], barrier_text[32];
+  std::snprintf(wave_text, sizeof(wave_text), "%.6g", fraction);
+  std::snprintf(barrier_text, sizeof(barrier_text), "%.6g",
+                static_cast<double>(counters.barriers) / static_cast<double>(blocks_run));
+  const uint64_t threads = static_cast<uint64_t>(c.block.x) * c.block.y * c.block.z;
+  std::string out = "{";
+  out += "\"launch\": " + std::to_string(index);
+  out += ", \"kernel\": " + json_string(c.kernel_name);
+  out += ", \"grid\": " + json_dim(c.grid) + ", \"block\": " + json_dim(c.block);
+  out += ", \"threads_per_block\": " + std::to_string(threads);
+  out += ", \"dynamic_shared_bytes\": " + std::to_string(c.dynamic_shared_bytes);
+  out += ", \"blocks\": " + std::to_string(blocks) + ", \"blocks_run\": " + std::to_string(blocks_run);
+  out += std::string(", \"sampled\": ") + (blocks_run < blocks ? "true" : "false");
+  out += ", \"sm_count\": " + std::to_string(sm_count);
+  out += ", \"resident_blocks_per_sm\": " + std::to_string(r.blocks);
+  out += ", \"resident_limit\": " + json_string(r.limit);
+  out += ", \"registers_known\": false";
+  out += ", \"waves\": " + std::to_string(waves) + ", \"wave_fraction\": " + wave_text;
+  out += ", \"barriers_per_block\": " + std::string(barrier_text);
+  out += ", \"raw\": " + json_counters(counters, 1.0L);
+  out += ", \"scaled\": " +
+         json_counters(counters, static_cast<long double>(blocks) / static_cast<long double>(blocks_run));
+  return out + "}";
 }
 
 }  // namespace
@@ -692,12 +864,62 @@ void run_grid(const LaunchConfig& config, ThreadBody body, void* context) {
       a = 1 + L.rng.next() % (count - 1);
     } while (std::__gcd(a, count) != 1);
   }
+  // Counting, when enabled, may run a sample of the blocks (counters_enable): the outputs of the other
+  // blocks are never written, so a sampled launch is for its counters only.
+  const CounterSettings& cs = counter_settings();
+  Counting counting;
+  std::vector<uint64_t> sample;
+  if (cs.enabled) {
+    g_counting = &counting;
+    g_counters = &counting.counters;
+    if (cs.sample_blocks > 0 && static_cast<uint64_t>(cs.sample_blocks) < count) {
+      sample = sampled_blocks(count, cs.sample_blocks);
+    }
+  }
+  struct StopCounting {
+    ~StopCounting() {
+      g_counting = nullptr;
+      g_counters = nullptr;
+    }
+  } stop_counting;
+  uint64_t blocks_run = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const uint64_t linear = static_cast<uint64_t>((static_cast<unsigned __int128>(a) * i + b) % count);
+    if (!sample.empty() && !std::binary_search(sample.begin(), sample.end(), linear)) continue;
     const uint3 block_idx{static_cast<unsigned>(linear % gx), static_cast<unsigned>((linear / gx) % gy),
                           static_cast<unsigned>(linear / (gx * gy))};
     run_block(L, threads, block_idx);
+    ++blocks_run;
   }
+  if (cs.enabled) {
+    counter_settings().records.push_back(
+        launch_record(index, config, props.sm_count, count, blocks_run, counting.counters));
+  }
+}
+
+void counters_enable(bool enable, int64_t sample_blocks) {
+  TORCH_CHECK(sample_blocks == 0 || sample_blocks >= 2,
+              "fastcnn_emu: sample_blocks must be 0 (every block) or at least 2 (the first and the last)");
+  std::lock_guard<std::mutex> lock(launch_mutex());
+  CounterSettings& cs = counter_settings();
+  cs.enabled = enable;
+  cs.sample_blocks = enable ? sample_blocks : 0;
+}
+
+void counters_reset() {
+  std::lock_guard<std::mutex> lock(launch_mutex());
+  counter_settings().records.clear();
+}
+
+std::string counters_read() {
+  std::lock_guard<std::mutex> lock(launch_mutex());
+  std::string out = "[";
+  const std::vector<std::string>& records = counter_settings().records;
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (i > 0) out += ",\n ";
+    out += records[i];
+  }
+  return out + "]";
 }
 
 // ---- called from kernels --------------------------------------------------------------------------------
@@ -752,6 +974,7 @@ void sync_threads(Site site) {
       }
     }
     L.barrier_arrived = 0;
+    if (g_counters != nullptr) ++g_counters->barriers;
     happens_before_acquire(&L.barrier_arrived);
     return;
   }
@@ -929,6 +1152,25 @@ unsigned char* shared_pointer(uint32_t address, size_t bytes, const char* what, 
 void push_async_copy(const AsyncCopy& copy) {
   RuntimeScope runtime;
   g_running->copies.push_back(copy);
+  if (g_counting == nullptr) return;
+  Thread& t = *g_running;
+  LaunchCounters& c = g_counting->counters;
+  ++c.cp_async;
+  c.cp_async_bytes += static_cast<uint64_t>(copy.src_bytes);
+  if (copy.src_bytes == 0) ++c.cp_async_zero_fill;
+  WarpCopies& w = g_counting->warps[t.warp];
+  const uint64_t k = t.cp_async_issued++;
+  while (w.base + w.groups.size() <= k) w.groups.emplace_back();
+  SectorGroup& g = w.groups[k - w.base];
+  g.lanes |= 1u << t.lane;
+  // A 16-byte aligned request of at most 16 bytes lies in one sector; src-size 0 reads nothing.
+  if (copy.src_bytes > 0) g.sectors[g.count++] = reinterpret_cast<uintptr_t>(copy.src) / 32;
+  const unsigned present = g_launch->warps[t.warp].present;
+  while (!w.groups.empty() && w.groups.front().lanes == present) {
+    g_counting->finish(w.groups.front());
+    w.groups.pop_front();
+    ++w.base;
+  }
 }
 
 void commit_async_copies() {

@@ -73,6 +73,27 @@ inline void happens_before_acquire(const void*) {}
 unsigned char* shared_pointer(uint32_t address, size_t bytes, const char* what, int lane = -1);
 bool in_dynamic_shared(const void* ptr, size_t bytes);
 
+// Work counters of the running launch (torch.ops.fastcnn_emu.counters_*; README.md "Counters"). Null
+// unless counting is enabled, so that each instruction pays one load and a branch when it is off. The
+// runtime counts barriers and cp.async (per thread, grouped into warp instructions); instructions.cpp
+// counts what a warp collective completes (mma, ldmatrix).
+struct LaunchCounters {
+  uint64_t mma = 0;          // warp-level mma.sync instructions
+  uint64_t macs = 0;         // 16*8*16 per m16n8k16, 16*8*8 per m16n8k8
+  uint64_t useful_macs = 0;  // products a[m][k] * b[k][n] with both operands non-zero
+  uint64_t ldmatrix = 0;     // warp-level ldmatrix instructions
+  uint64_t ldmatrix_bytes = 0;
+  uint64_t ldmatrix_wavefronts = 0;  // shared-memory wavefronts of the ldmatrix phases
+  uint64_t bank_conflicts = 0;       // wavefronts beyond one per 8-address phase
+  uint64_t cp_async = 0;             // per-thread 16-byte requests
+  uint64_t cp_async_warp = 0;        // warp instructions they group into
+  uint64_t cp_async_bytes = 0;       // global bytes requested (src-size)
+  uint64_t cp_async_zero_fill = 0;   // requests with src-size 0
+  uint64_t cp_async_sectors = 0;     // distinct 32-byte global sectors per warp instruction, summed
+  uint64_t barriers = 0;             // completed __syncthreads, summed over blocks
+};
+extern LaunchCounters* g_counters;
+
 // cp.async state of the running thread.
 struct AsyncCopy {
   unsigned char* dst;
