@@ -199,6 +199,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(const at::Tensor& 
 
 // ---- backward -------------------------------------------------------------------------------------------
 
+// Elements per pass of the backward sums' derivative buffer (on the stack; see plane_grad_sums).
+constexpr int64_t kGradChunk = 512;
+
 // g is grad_output through the activation (y: the forward output; unused when A is None).
 template <typename T, Activation A>
 FASTCNN_SIMD_CLONES void plane_grad_sums(const ActivationFunctor<A> act, const T* __restrict g,
@@ -207,11 +210,10 @@ FASTCNN_SIMD_CLONES void plane_grad_sums(const ActivationFunctor<A> act, const T
   // The derivative goes through a small buffer first: a select feeding a float -> double conversion kept
   // the fused loop scalar behind a branch (0.14-0.4x PyTorch's batch_norm backward); apart, the select
   // loop and the float64 `omp simd` reduction (see run_moments) each vectorise.
-  constexpr int64_t kChunk = 512;
-  T grad[kChunk];
+  T grad[kGradChunk];
   double sum_g = 0, sum_gx = 0;
-  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-    const int64_t m = std::min(kChunk, n - i0);
+  for (int64_t i0 = 0; i0 < n; i0 += kGradChunk) {
+    const int64_t m = std::min(kGradChunk, n - i0);
     for (int64_t j = 0; j < m; ++j) grad[j] = act.backward(g[i0 + j], y[i0 + j]);
     const T* __restrict xs = x + i0;
 #pragma omp simd reduction(+ : sum_g, sum_gx)
@@ -231,13 +233,12 @@ FASTCNN_SIMD_CLONES void row_block_grad_sums(const ActivationFunctor<A> act, con
                                              int64_t channels, const double* __restrict mean,
                                              double* __restrict sum_g, double* __restrict sum_gx) {
   // As plane_grad_sums: the derivative through a buffer, so that both loops vectorise.
-  constexpr int64_t kChunk = 512;
-  T grad[kChunk];
+  T grad[kGradChunk];
   for (int64_t c = 0; c < channels; ++c) sum_g[c] = 0, sum_gx[c] = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * channels;
-    for (int64_t c0 = 0; c0 < channels; c0 += kChunk) {
-      const int64_t m = std::min(kChunk, channels - c0);
+    for (int64_t c0 = 0; c0 < channels; c0 += kGradChunk) {
+      const int64_t m = std::min(kGradChunk, channels - c0);
       for (int64_t j = 0; j < m; ++j) grad[j] = act.backward(g[o + c0 + j], y[o + c0 + j]);
       for (int64_t j = 0; j < m; ++j) {
         const double gi = static_cast<double>(grad[j]);

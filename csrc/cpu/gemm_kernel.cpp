@@ -7,6 +7,8 @@
 // Measured: see benchmarks/NOTES.md (2026-11-25, "packed GEMM micro-kernel").
 #include "cpu/gemm_kernel.h"
 
+#include "cpu/epilogue.h"
+
 // GCC 12 flags the undefined source operand inside its own masked-load intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
