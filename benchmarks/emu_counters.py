@@ -85,6 +85,25 @@ def gemm_shape(layer: dict, batch: int, oh: int, ow: int, pass_: str) -> tuple[i
     return ocg, taps * cg, batch * oh * ow
 
 
+def phase_taps(kernel: int, stride: int, dilation: int, pad: int, phase: int) -> int:
+    """Taps of one kernel axis that reach input positions = phase (mod stride) (cuda/gemm/gemm.cu)."""
+    return sum(1 for t in range(kernel) if (t * dilation - phase - pad) % stride == 0)
+
+
+def dgrad_phases(layer: dict, batch: int) -> list[tuple[int, int]]:
+    """M, K of each stride-phase GEMM of dgrad, in launch order (y phase outer, x phase inner)."""
+    sh, sw = layer["stride_h"], layer["stride_w"]
+    ocg = layer["out_channels"] // layer["groups"]
+    phases = []
+    for py in range(min(sh, layer["height"])):
+        th = phase_taps(layer["kernel_h"], sh, layer["dilation_h"], layer["pad_h"], py)
+        for px in range(min(sw, layer["width"])):
+            tw = phase_taps(layer["kernel_w"], sw, layer["dilation_w"], layer["pad_w"], px)
+            rows = -(-(layer["height"] - py) // sh) * -(-(layer["width"] - px) // sw)
+            phases.append((batch * rows, th * tw * ocg))
+    return phases
+
+
 def uncounted_reads(layer: dict, pass_: str) -> list[str]:
     """Operands the loaders read through registers (not cp.async): their bytes are not counted."""
     g = layer["groups"]
@@ -134,34 +153,69 @@ def summarise(layer: dict, batch: int, pass_: str, records: list[dict], seconds:
     m, n, k = gemm_shape(layer, batch, oh, ow, pass_)
 
     total = {name: sum(r["scaled"][name] for r in records) for name in COUNTERS}
-    gemm = next(r for r in records if "conv_gemm_kernel" in r["kernel"])
-    tile = re.search(r"MmaConfig<[^,]+, (\d+), (\d+), (\d+), (\d+)>", gemm["kernel"])
-    k_tiles = math.ceil(k / BK)
-    splits = gemm["grid"][2] // g
-    k_tiles_per_block = math.ceil(k_tiles / splits)
+    gemms = [r for r in records if "conv_gemm_kernel" in r["kernel"]]
+    gemm = gemms[0]
+    tiles = [re.search(r"MmaConfig<[^,]+, (\d+), (\d+), (\d+), (\d+), (\d+)>", r["kernel"]) for r in gemms]
+    # Each launch's GEMM: dgrad runs one per stride phase, the other passes one.
+    shapes = [(mm, n, kk) for mm, kk in dgrad_phases(layer, batch)] if pass_ == "dgrad" else [(m, n, k)]
+    assert len(shapes) == len(gemms), (label(layer), pass_, len(gemms))
+    k_tiles_per_block = [
+        math.ceil(math.ceil(kk / BK) / (r["grid"][2] // g))
+        for (_, _, kk), r in zip(shapes, gemms, strict=True)
+    ]
+    k_tile_blocks = sum(kt * r["blocks"] for kt, r in zip(k_tiles_per_block, gemms, strict=True))
+    # The reads a launch's tiles need at the least: every gathered A element that is not padding once
+    # per N tile of its row block, every B element once per M tile (zero fill costs no bytes).
+    gathered = nonpadding_macs // (
+        oc if pass_ != "dgrad" else c // g
+    )  # valid (pixel, tap, channel) of A or B
+    tile_min_reads = 0
+    total_mk = max(sum(mm * kk for mm, _, kk in shapes), 1)
+    for (mm, nn, kk), tile in zip(shapes, tiles, strict=True):
+        bm, bn = (int(tile.group(1)), int(tile.group(2))) if tile else (64, 64)
+        tiles_m, tiles_n = math.ceil(mm / bm), math.ceil(nn / bn)
+        if pass_ == "fwd":
+            tile_min_reads += tiles_n * gathered + tiles_m * nn * kk
+        elif pass_ == "dgrad":
+            # the phases share A's gathered elements in proportion to their M x K (borders aside)
+            tile_min_reads += tiles_n * gathered * mm * kk // total_mk + tiles_m * nn * kk
+        else:
+            tile_min_reads += tiles_n * mm * kk + tiles_m * gathered
+    tile_min_reads *= ELEM
     # Stores are plain stores, which the emulator does not count: the GEMM writes each C element of its
-    # pass once (wgrad: one fp32 partial per K split, which the reduction reads back and sums).
+    # pass once, or, split over K, one fp32 partial per split that a reduction reads back and sums (wgrad
+    # always goes through the partials; forward and dgrad when the launch split K).
+    launch_splits = [r["grid"][2] // g for r in gemms]
+    partials = sum(
+        sp * g * mm * nn * 4
+        for (mm, nn, _), sp in zip(shapes, launch_splits, strict=True)
+        if sp > 1 or pass_ == "wgrad"
+    )
     if pass_ == "fwd":
         compulsory = in_bytes + w_bytes + out_bytes
-        writes = out_bytes
+        writes = out_bytes + 2 * partials
         min_reads = in_bytes + w_bytes
     elif pass_ == "dgrad":
         compulsory = out_bytes + w_bytes + in_bytes
-        writes = in_bytes
+        writes = in_bytes + 2 * partials
         min_reads = out_bytes + w_bytes
     else:
         compulsory = out_bytes + in_bytes + w_bytes
-        partials = splits * g * m * n * 4
-        writes = partials + partials + w_bytes  # GEMM partials out, reduction reads them and writes
+        writes = 2 * partials + w_bytes  # GEMM partials out, reduction reads them and writes
         min_reads = out_bytes + in_bytes
     uncounted = uncounted_reads(layer, pass_)
     global_bytes = total["cp_async_bytes"] + writes
+    tile_min = tile_min_reads + writes
     return {
         "layer": label(layer),
         "pass": pass_,
         "shape": {k_: layer[k_] for k_ in layer if k_ != "count"},
         "occurrences": layer.get("count", 1),
-        "gemm": {"M": m, "N": n, "K": k, "tile": [int(v) for v in tile.groups()] if tile else None},
+        "gemm": {"M": m, "N": n, "K": k, "tile": [int(v) for v in tiles[0].groups()] if tiles[0] else None},
+        "gemms": [
+            {"M": mm, "N": nn, "K": kk, "tile": [int(v) for v in t.groups()] if t else None, "splits": sp}
+            for (mm, nn, kk), t, sp in zip(shapes, tiles, launch_splits, strict=True)
+        ],
         "kernels": [r["kernel"] for r in records],
         "mma_issued": total["mma_issued"],
         "macs_issued": total["macs_issued"],
@@ -178,6 +232,8 @@ def summarise(layer: dict, batch: int, pass_: str, records: list[dict], seconds:
         "compulsory_bytes": compulsory,
         "compulsory_read_bytes": min_reads,
         "global_vs_compulsory": global_bytes / compulsory,
+        "tile_reuse_min_bytes": tile_min,
+        "global_vs_tile_min": global_bytes / tile_min,
         "sectors": total["cp_async_sectors"],
         "min_sectors": math.ceil(min_reads / 32),
         "cp_async": total["cp_async"],
@@ -187,12 +243,14 @@ def summarise(layer: dict, batch: int, pass_: str, records: list[dict], seconds:
         "min_bank_conflicts": 0,
         "barriers": total["barriers"],
         "barriers_per_block": gemm["barriers_per_block"],
-        "k_tiles_per_block": k_tiles_per_block,
-        "min_barriers_per_block": k_tiles_per_block + 1,
-        "blocks": gemm["blocks"],
-        "blocks_run": gemm["blocks_run"],
+        "k_tiles_per_block": k_tiles_per_block[0],
+        "barriers_per_k_tile": total["barriers"] / max(k_tile_blocks, 1),
+        "min_barriers_per_k_tile": 1,
+        "stages": int(tiles[0].group(5)) if tiles[0] else None,
+        "blocks": sum(r["blocks"] for r in gemms),
+        "blocks_run": sum(r["blocks_run"] for r in gemms),
         "sampled": any(r["sampled"] for r in records),
-        "splits": splits,
+        "splits": max(launch_splits),
         "resident_blocks_per_sm": gemm["resident_blocks_per_sm"],
         "resident_limit": gemm["resident_limit"],
         "waves": gemm["waves"],
@@ -217,7 +275,7 @@ def table(cases: list[dict]) -> str:
             f" {c['global_bytes'] / 1e6:9.1f} {c['compulsory_bytes'] / 1e6:9.1f}"
             f" {c['global_vs_compulsory']:5.2f}{note:1}"
             f"{c['sectors'] / max(c['min_sectors'], 1):8.2f} {c['bank_conflicts']:10d}"
-            f" {c['barriers_per_block'] / c['k_tiles_per_block']:6.2f} {c['blocks']:7d}"
+            f" {c['barriers_per_k_tile']:6.2f} {c['blocks']:7d}"
             f" {c['waves']:3d}/{c['wave_fraction']:.1f}"
         )
     lines += [

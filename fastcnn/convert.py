@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -223,7 +224,12 @@ def _fuse_batchnorm_activations(model: nn.Module, report: ConvertReport) -> None
 
 
 def convert(
-    model: nn.Module, *, inplace: bool = False, strict: bool = False, fuse_activations: bool = False
+    model: nn.Module,
+    *,
+    inplace: bool = False,
+    strict: bool = False,
+    fuse_activations: bool = False,
+    memory_format: torch.memory_format | None = None,
 ) -> nn.Module:
     """Swaps the torch layers of ``model`` that fastcnn serves for :mod:`fastcnn.nn` layers.
 
@@ -247,6 +253,11 @@ def convert(
             ``nn.Sequential`` (torchvision's ``Conv2dNormActivation``) into the batch norm's pass, for
             training and inference alike; the activation's slot becomes ``nn.Identity`` (forward hooks on
             it no longer run). Listed in the report's ``fused_activations``.
+        memory_format: ``torch.channels_last`` keeps activations channels_last through the whole model:
+            its 4-D parameters and buffers are stored channels_last, 4-D tensor inputs are converted once
+            on entry and 4-D outputs are returned in the default (NCHW) layout on exit, so the layers
+            inside convert nothing (fastcnn's CUDA convolutions compute in channels_last and would
+            otherwise convert each NCHW input and output). ``None`` (default) leaves layouts as they are.
 
     Returns:
         The converted model (``model`` itself when ``inplace``). Its :class:`ConvertReport` is attached
@@ -261,6 +272,8 @@ def convert(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if memory_format not in (None, torch.channels_last):
+        raise ValueError(f"memory_format must be None or torch.channels_last, got {memory_format}")
     if not inplace:
         model = copy.deepcopy(model)
     report = _convert_layers(model, fuse_activations=fuse_activations)
@@ -268,7 +281,37 @@ def convert(
         raise ValueError("fastcnn.convert(strict=True) could not convert every layer:\n" + report.summary())
     _log_report(report)
     model.fastcnn_convert_report = report
+    if memory_format is torch.channels_last:
+        _keep_channels_last(model)
     return model
+
+
+def _map_4d(value: Any, memory_format: torch.memory_format) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.contiguous(memory_format=memory_format) if value.dim() == 4 else value
+    if isinstance(value, tuple | list):
+        return type(value)(_map_4d(v, memory_format) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_4d(v, memory_format) for k, v in value.items()}
+    return value
+
+
+def _inputs_to_channels_last(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    return _map_4d(args, torch.channels_last), _map_4d(kwargs, torch.channels_last)
+
+
+def _outputs_to_default_layout(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    return _map_4d(output, torch.contiguous_format)
+
+
+def _keep_channels_last(model: nn.Module) -> None:
+    """convert(memory_format=torch.channels_last): layouts change at the model's edges only."""
+    model.to(memory_format=torch.channels_last)
+    if getattr(model, "_fastcnn_channels_last", False):
+        return  # converted before: its hooks are in place
+    model.register_forward_pre_hook(_inputs_to_channels_last, with_kwargs=True)
+    model.register_forward_hook(_outputs_to_default_layout, with_kwargs=True)
+    model._fastcnn_channels_last = True
 
 
 def _convert_layers(model: nn.Module, *, fuse_activations: bool = False) -> ConvertReport:

@@ -495,3 +495,33 @@ def test_leaky_relu_models_convert_with_their_slopes(fuse_activations):
         assert set(fast[2]) == set(ref[2])
         for name in ref[2]:
             assert _err(fast[2][name], ref[2][name]) < 1e-9, name
+
+
+def test_channels_last_model_keeps_every_layer_channels_last_and_matches_torch():
+    torch.manual_seed(0)
+    base = torchvision.models.resnet18(weights=None).double().eval()
+    model = fastcnn.convert(base, memory_format=torch.channels_last)
+    seen = []
+    for m in model.modules():
+        if isinstance(m, fnn.Conv2d):
+            m.register_forward_pre_hook(
+                lambda mod, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+            )
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    y, ref = model(x), base(xr)
+    assert len(seen) == 20 and all(seen)
+    torch.testing.assert_close(y, ref)
+    y.square().sum().backward()
+    ref.square().sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+    assert x.grad.is_contiguous()  # the caller's layout, back at the edge
+    # A 4-D result leaves in the default layout too; converting twice adds no second pair of hooks.
+    feat = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).double()
+    feat = fastcnn.convert(feat, memory_format=torch.channels_last, inplace=True)
+    fastcnn.convert(feat, memory_format=torch.channels_last, inplace=True)
+    assert len(feat._forward_pre_hooks) == 1 and len(feat._forward_hooks) == 1
+    assert feat[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert feat(x.detach()).is_contiguous()
+    with pytest.raises(ValueError, match="memory_format"):
+        fastcnn.convert(base, memory_format=torch.preserve_format)

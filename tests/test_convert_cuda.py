@@ -55,3 +55,25 @@ def test_converted_model_matches_torchvision_on_cuda_kernels(name):
 def _to_cpu(run):
     outs, gx, grads = run
     return [o.cpu() for o in outs], gx.cpu(), {n: g.cpu() for n, g in grads.items()}
+
+
+@pytest.mark.cuda
+def test_channels_last_model_copies_layouts_only_at_its_edges():
+    # fastcnn's CUDA convolutions compute in channels_last: an NCHW model pays a layout copy of each
+    # conv's input and output (and weight); convert(memory_format=torch.channels_last) pays one, on entry.
+    torch.manual_seed(0)
+    base = tv.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 32, 32).to(CUDA)
+
+    def copies(model):
+        """Copies of 4-D tensors (layout changes; batch norm's eval-mode [C] statistics are copied too)."""
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        with torch.no_grad(), torch.profiler.profile(activities=activities, record_shapes=True) as prof:
+            out = model(x)
+        events = [e for e in prof.events() if e.name == "aten::copy_"]
+        return sum(1 for e in events if len(e.input_shapes[0]) == 4), out
+
+    nchw, y_nchw = copies(fastcnn.convert(base).to(CUDA))
+    cl, y_cl = copies(fastcnn.convert(base, memory_format=torch.channels_last).to(CUDA))
+    assert cl == 1 and nchw >= 2 * 20, (cl, nchw)
+    torch.testing.assert_close(y_cl, y_nchw, rtol=1e-4, atol=1e-4)

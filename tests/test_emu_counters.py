@@ -173,5 +173,71 @@ def test_forward_conv_one_tile(counting, kernel, pad):
     # Per K tile and warp: 2 k-steps x (2 A + 2 B) ldmatrix.x4, conflict-free at the 80-byte pitch.
     assert raw["ldmatrix"] == k_tiles * 4 * 2 * 4
     assert raw["bank_conflicts"] == 0
-    # The mainloop: one barrier after the first tile lands, one closing each K tile.
-    assert raw["barriers"] == 1 + k_tiles
+    # The mainloop: one barrier per K tile, after the tile lands and before its stage is refilled.
+    assert raw["barriers"] == k_tiles
+
+
+def _strided_pairs(h: int, k: int, stride: int, pad: int) -> int:
+    """(output position, tap) pairs along one axis that read the input, not its padding."""
+    oh = (h + 2 * pad - k) // stride + 1
+    return sum(1 for o in range(oh) for t in range(k) if 0 <= o * stride - pad + t < h)
+
+
+@pytest.mark.parametrize("kernel, pad, phase_taps", [(1, 0, [1, 0, 0, 0]), (3, 1, [1, 2, 2, 4])])
+def test_strided_dgrad_multiplies_no_zero_taps(counting, kernel, pad, phase_taps):
+    # Stride 2 on an 8x8 input: one GEMM per stride phase (y % 2, x % 2) of grad_input, each over only
+    # the taps that reach it (3x3, pad 1: kh = 1 for even y, kh = 0 and 2 for odd y), so the MMAs meet
+    # no tap that a strided dgrad would gather as zeros. Each phase: 16 pixels and 16 channels in one
+    # 64x64 tile; K = taps * 16 in ceil(K / 32) K tiles of 4 warps x 2 k-steps x 2 x 4 m16n8k16.
+    c, oc, h = 16, 16, 8
+    x = (torch.rand(1, c, h, h) + 0.5).half().contiguous(memory_format=torch.channels_last)
+    wt = (torch.rand(oc, c, kernel, kernel) + 0.5).half().contiguous(memory_format=torch.channels_last)
+    oh = (h + 2 * pad - kernel) // 2 + 1
+    gy = (torch.rand(1, oc, oh, oh) + 0.5).half().contiguous(memory_format=torch.channels_last)
+    gx, _, _ = torch.ops.fastcnn.conv2d_backward(
+        gy, x, wt, None, [2, 2], [pad, pad], [1, 1], 1, 0, [True, False, False]
+    )
+    xr = x.double().requires_grad_()
+    torch.nn.functional.conv2d(xr, wt.double(), stride=2, padding=pad).backward(gy.double())
+    torch.testing.assert_close(gx.double(), xr.grad, rtol=2e-3, atol=5e-2)
+    gemms = [r for r in counting() if "conv_gemm_kernel" in r["kernel"]]
+    assert len(gemms) == 4  # one launch per phase, a tapless phase included (it writes the zeros)
+    mma = sum(r["raw"]["mma_issued"] for r in gemms)
+    assert mma == sum(-(-t * oc // 32) for t in phase_taps) * 4 * 2 * 2 * 4
+    assert sum(r["raw"]["macs_issued"] for r in gemms) == mma * 16 * 8 * 16
+    pairs = _strided_pairs(h, kernel, 2, pad) ** 2
+    assert sum(r["raw"]["useful_macs"] for r in gemms) == pairs * c * oc
+    assert [r["barriers_per_block"] for r in gemms] == [-(-t * oc // 32) for t in phase_taps]
+
+
+def test_small_forward_and_dgrad_split_k_and_match_torch(counting):
+    # 2 output tiles of 64x64 and 18 K tiles (3x3 x 64 channels): far below two waves of 132 SMs, so K is
+    # split 4 ways (>= 4 K tiles each) into fp32 partials that a second kernel adds in split order before
+    # the epilogue (bias, residual, ReLU) runs once. dgrad at stride 2 splits each phase likewise.
+    c, oc, h = 64, 64, 8
+    x = (torch.rand(2, c, h, h) - 0.5).half().contiguous(memory_format=torch.channels_last)
+    wt = (torch.rand(oc, c, 3, 3) - 0.5).half().contiguous(memory_format=torch.channels_last)
+    b = (torch.rand(oc) - 0.5).half()
+    r = (torch.rand(2, oc, h, h) - 0.5).half().contiguous(memory_format=torch.channels_last)
+    y = torch.ops.fastcnn.conv2d(x, wt, b, [1, 1], [1, 1], [1, 1], 1, 1, r)
+    ref = torch.relu(torch.nn.functional.conv2d(x.double(), wt.double(), b.double(), padding=1) + r.double())
+    assert not torch.isnan(y).any()
+    torch.testing.assert_close(y.double(), ref, rtol=1e-2, atol=1e-2)
+    records = counting()
+    gemm = _only(records, "conv_gemm_kernel")
+    assert gemm["grid"] == [2, 1, 4]
+    assert len([r_ for r_ in records if "reduce_split_partials_kernel" in r_["kernel"]]) == 1
+
+    emu.counters_reset()
+    gy = (torch.rand(2, oc, h // 2, h // 2) - 0.5).half().contiguous(memory_format=torch.channels_last)
+    gx, _, _ = torch.ops.fastcnn.conv2d_backward(
+        gy, x, wt, None, [2, 2], [1, 1], [1, 1], 1, 0, [True, False, False]
+    )
+    xr = x.double().requires_grad_()
+    torch.nn.functional.conv2d(xr, wt.double(), stride=2, padding=1).backward(gy.double())
+    torch.testing.assert_close(gx.double(), xr.grad, rtol=1e-2, atol=1e-2)
+    records = counting()
+    gemms = [r_ for r_ in records if "conv_gemm_kernel" in r_["kernel"]]
+    reduces = [r_ for r_ in records if "reduce_split_partials_kernel" in r_["kernel"]]
+    # phase taps 1, 2, 2, 4 x 64 channels = 2, 4, 4, 8 K tiles: split when >= 8 (4 per split)
+    assert [g_["grid"][2] for g_ in gemms] == [1, 1, 1, 2] and len(reduces) == 1

@@ -1,9 +1,11 @@
 // CUDA conv2d and conv2d_backward: the op entry points and the choice of algorithm. Depthwise
 // convolutions (groups == in_channels) go to the direct kernels of conv2d_depthwise.cu; every other
 // convolution is an implicit GEMM on the core in cuda/gemm/ (no im2col buffer): forward M = N*OH*OW,
-// N = OC/groups, K = KH*KW*Cg; dgrad M = N*H*W, N = Cg, K = KH*KW*OCg; wgrad M = OCg, N = KH*KW*Cg,
-// K = N*OH*OW split over blockIdx.z and reduced in fixed order (deterministic, no atomics). Bias,
-// residual and activation are fused into the forward epilogue; act'(output) into the grad_output loads.
+// N = OC/groups, K = KH*KW*Cg; dgrad one GEMM per stride phase of grad_input, M = its pixels, N = Cg,
+// K = (the phase's taps)*OCg; wgrad M = OCg, N = KH*KW*Cg, K = N*OH*OW. K is split over blockIdx.z
+// when the tiles alone would not fill the GPU (always possible for wgrad) and the partial sums reduced
+// in a fixed order (deterministic, no atomics). Bias, residual and activation are fused into the
+// forward epilogue (after the reduction when K is split); act'(output) into the grad_output loads.
 // Layout: NHWC (channels_last) is native; NCHW inputs are converted and results converted back, so the
 // output follows the input's memory format. fp16/bf16 use mma.sync m16n8k16, fp32 uses tf32 m16n8k8 when
 // torch allows TF32 for cuDNN convolutions and exact FMA tiles otherwise, fp64 uses FMA tiles.

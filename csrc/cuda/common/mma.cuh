@@ -55,6 +55,10 @@ __device__ __forceinline__ void cp_async_commit(FASTCNN_EMU_SITE_ARGS) {
 __device__ __forceinline__ void cp_async_wait_all(FASTCNN_EMU_SITE_ARGS) {
   ::fastcnn::emu::cp_async_wait(0, FASTCNN_EMU_SITE);
 }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait(FASTCNN_EMU_SITE_ARGS) {
+  ::fastcnn::emu::cp_async_wait(kPending, FASTCNN_EMU_SITE);
+}
 template <int N>
 __device__ __forceinline__ void ldmatrix_xn(uint32_t (&r)[N], const void* smem_row, bool trans,
                                             ::fastcnn::emu::Site site) {
@@ -133,6 +137,14 @@ __device__ __forceinline__ void cp_async_commit() {
 __device__ __forceinline__ void cp_async_wait_all() {
 #if FASTCNN_HAS_SM80_PTX
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most kPending of this thread's most recent commit groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+#if FASTCNN_HAS_SM80_PTX
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 #endif
 }
 

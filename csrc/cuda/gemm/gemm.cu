@@ -1,6 +1,7 @@
 // Host side of the fastcnn GEMM core (device side: the other files of cuda/gemm/): the geometry of each
-// convolution GEMM, the tile configuration and split-K choice, the launch, and the two reductions that
-// finish a backward pass (split-K partial sums of the weight gradient, per-channel bias gradients).
+// convolution GEMM, the tile configuration and split-K choice, the launch, and the reductions that finish
+// a split (split-K partial sums of the weight gradient, of a forward/dgrad output through its epilogue)
+// and the per-channel bias gradients.
 // Every reduction runs in a fixed order, so results do not depend on scheduling. Figures and the
 // reasons behind the choices: benchmarks/NOTES.md.
 #include "cuda/gemm/gemm.h"
@@ -12,6 +13,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <numeric>
 
 #include "common/activation.h"
 #include "cuda/common/launch.cuh"
@@ -104,10 +106,30 @@ __global__ void __launch_bounds__(kColSumThreadsX* kColSumThreadsY)
   }
 }
 
+// Forward/dgrad split over K: out = epilogue(sum over splits of the acc_t partials), element by element in
+// split order; `ep` is the launch's epilogue with the real output, rows mapped as in the GEMM.
+template <typename T, typename acc_t>
+__global__ void reduce_split_partials_kernel(const EpilogueParams ep, const acc_t* __restrict__ partials,
+                                             int64_t splits, int64_t M, int N, int groups) {
+  const int64_t count = static_cast<int64_t>(groups) * M * N;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < count; idx += step) {
+    const int col = static_cast<int>(idx % N);
+    const int64_t t = idx / N;
+    const int64_t row = t % M;
+    const int g = static_cast<int>(t / M);
+    const int64_t off = epilogue_row_offset(ep, M, g, row);
+    acc_t sum = 0;
+    for (int64_t s = 0; s < splits; ++s) sum += partials[s * ep.split_stride + off + col];
+    epilogue_store<T, acc_t, false>(ep, N, g, 0, off, col, sum, acc_t(0), false);
+  }
+}
+
 // ---- GEMM launches --------------------------------------------------------------------------------------
 
-// K splits for wgrad: enough blocks for about two waves, at least 4 K tiles per split, every split non-empty.
-int64_t choose_wgrad_splits(int64_t blocks, int64_t k_tiles, int64_t groups, int64_t sm_count) {
+// K splits: enough blocks for about two waves, at least 4 K tiles per split, every split non-empty.
+int64_t choose_k_splits(int64_t blocks, int64_t k_tiles, int64_t groups, int64_t sm_count) {
+  if (k_tiles == 0) return 1;  // a dgrad phase that no tap reaches: nothing to split
   int64_t splits = std::max<int64_t>(1, ceil_div(2 * sm_count, blocks));
   splits = std::min({splits, std::max<int64_t>(1, k_tiles / 4), int64_t{256}, 65535 / groups});
   splits = std::max<int64_t>(splits, 1);
@@ -126,9 +148,11 @@ void launch_gemm(GemmParams p, const at::Tensor& like, const at::Tensor& grad_we
   TORCH_CHECK(tiles_m <= kInt32Max && tiles_n <= 65535, "fastcnn: GEMM of ", p.M, "x", p.N,
               " is too large for one launch");
   at::Tensor workspace;
+  const int64_t blocks = tiles_m * tiles_n * p.groups;
+  const int64_t sm_count = current_sm_count();
+  const EpilogueParams final_ep = p.ep;
   if constexpr (kMode == GemmMode::kWgrad) {
-    const int64_t splits =
-        choose_wgrad_splits(tiles_m * tiles_n * p.groups, k_tiles, p.groups, current_sm_count());
+    const int64_t splits = choose_k_splits(blocks, k_tiles, p.groups, sm_count);
     p.splits = static_cast<int>(splits);
     p.k_tiles_per_split = ceil_div(k_tiles, splits);
     const int64_t slice = static_cast<int64_t>(p.groups) * p.M * p.N;
@@ -137,8 +161,17 @@ void launch_gemm(GemmParams p, const at::Tensor& like, const at::Tensor& grad_we
     p.ep.split_stride = slice;
     p.ep.pair_ok = p.N % 2 == 0;
   } else {
-    p.splits = 1;
-    p.k_tiles_per_split = k_tiles;
+    // Fewer blocks than two waves: split K too, into acc_t partials that one more kernel adds up.
+    const int64_t splits = blocks < 2 * sm_count ? choose_k_splits(blocks, k_tiles, p.groups, sm_count) : 1;
+    p.splits = static_cast<int>(splits);
+    p.k_tiles_per_split = ceil_div(k_tiles, splits);
+    if (splits > 1) {
+      workspace = at::empty({splits * p.ep.split_stride},
+                            like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      p.ep.out = workspace.data_ptr();
+      p.ep.to_partials = true;
+      p.ep.pair_ok = final_ep.pair_ok && p.ep.split_stride % 2 == 0;
+    }
   }
   TORCH_CHECK(static_cast<int64_t>(p.groups) * p.splits <= 65535, "fastcnn: too many groups (", p.groups,
               ") for one launch");
@@ -158,11 +191,29 @@ void launch_gemm(GemmParams p, const at::Tensor& like, const at::Tensor& grad_we
   if constexpr (kMode == GemmMode::kWgrad) {
     reduce_weight_splits(workspace, p.splits, p.ep.split_stride, grad_weight, p.in_cg, s.kernel_h,
                          s.kernel_w);
+  } else {
+    if (p.splits > 1) {
+      const int64_t count = static_cast<int64_t>(p.groups) * p.M * p.N;
+      const int threads = 256;
+      const int grid_blocks = static_cast<int>(std::min(ceil_div(count, threads), sm_count * 8));
+      launch_kernel<reduce_split_partials_kernel<T, acc_t>>(
+          grid_blocks, threads, 0, c10::cuda::getCurrentCUDAStream(), final_ep,
+          workspace.const_data_ptr<acc_t>(), static_cast<int64_t>(p.splits), p.M, p.N, p.groups);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   }
 }
 
-// Tile choice: 128x128 blocks (8 warps) when they alone fill the machine or for wgrad (whose K splits
-// fill it), 64x64 blocks (4 warps) otherwise; exact fp32 and fp64 take the FMA tile.
+// MMA rows and columns a bm x bn tile issues per useful one on an M x N GEMM (1.0: no tile padding).
+double tile_padding(int64_t M, int64_t N, int64_t bm, int64_t bn) {
+  return static_cast<double>(ceil_div(M, bm) * bm) * static_cast<double>(ceil_div(N, bn) * bn) /
+         (static_cast<double>(M) * static_cast<double>(N));
+}
+
+// Tile choice: 128x128 blocks (8 warps, 4 stages) when they alone fill the machine or for wgrad (whose K
+// splits fill it), and when they pad M and N no more than 64x64 blocks would (wgrad of 64 output
+// channels: half of a 128-row tile would be padding); 64x64 blocks (4 warps, 3 stages) otherwise. Exact
+// fp32 and fp64 take the FMA tile.
 template <typename T, GemmMode kMode>
 void run_gemm(const GemmParams& p, bool allow_tf32, const at::Tensor& like, const at::Tensor& grad_weight,
               const Conv2dShape& s) {
@@ -182,10 +233,12 @@ void run_gemm(const GemmParams& p, bool allow_tf32, const at::Tensor& like, cons
                   cc_major, ".x");
     }
     const int64_t big_blocks = ceil_div(p.M, 128) * ceil_div(p.N, 128) * p.groups;
-    if (p.N > 64 && (kMode == GemmMode::kWgrad || big_blocks >= current_sm_count())) {
-      launch_gemm<T, MmaConfig<T, 128, 128, 2, 4>, kMode>(p, like, grad_weight, s);
+    const bool fills = kMode == GemmMode::kWgrad || big_blocks >= current_sm_count();
+    const bool pads_no_more = tile_padding(p.M, p.N, 128, 128) <= 1.05 * tile_padding(p.M, p.N, 64, 64);
+    if (p.N > 64 && fills && pads_no_more) {
+      launch_gemm<T, MmaConfig<T, 128, 128, 2, 4, 4>, kMode>(p, like, grad_weight, s);
     } else {
-      launch_gemm<T, MmaConfig<T, 64, 64, 2, 2>, kMode>(p, like, grad_weight, s);
+      launch_gemm<T, MmaConfig<T, 64, 64, 2, 2, 3>, kMode>(p, like, grad_weight, s);
     }
   }
 }
@@ -223,34 +276,89 @@ void conv_gemm_forward(const at::Tensor& input, const at::Tensor& weight_ohwi, c
   p.ep.col_group_stride = p.out_cg;
   p.ep.activation = static_cast<int64_t>(act);
   const size_t pair_bytes = 2 * input.element_size();
+  p.ep.split_stride = output.numel();  // one slice per K split, should the launch split K
   p.ep.pair_ok = s.out_channels % 2 == 0 && p.out_cg % 2 == 0 && is_aligned(p.ep.out, pair_bytes) &&
                  (p.ep.bias == nullptr || is_aligned(p.ep.bias, pair_bytes)) &&
                  (p.ep.residual == nullptr || is_aligned(p.ep.residual, pair_bytes));
   dispatch_gemm<GemmMode::kForward>(p, allow_tf32, input, at::Tensor(), s);
 }
 
+namespace {
+
+// The taps t of one kernel axis that reach input position `phase` (mod stride) from an output position:
+// t * dilation = phase + pad (mod stride). They repeat every stride / gcd(stride, dilation) taps.
+struct PhaseTaps {
+  int64_t first, step, count;
+};
+
+PhaseTaps phase_taps(int64_t kernel, int64_t stride, int64_t dilation, int64_t pad, int64_t phase) {
+  const int64_t step = stride / std::gcd(stride, dilation);
+  for (int64_t t = 0; t < std::min(kernel, step); ++t) {
+    if ((t * dilation - phase - pad) % stride == 0) return {t, step, (kernel - 1 - t) / step + 1};
+  }
+  return {0, step, 0};
+}
+
+}  // namespace
+
+// One GEMM per stride phase (py, px) of grad_input: M = N * rows_h * rows_w pixels y = py + yq * stride,
+// K = taps_h * taps_w * OCg over only the taps that reach them, B = the weight's rows at those taps
+// (copied once per phase; the weight is small). A phase no tap reaches is a K = 0 GEMM: zeros.
 void conv_gemm_dgrad(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& weight_ihwo,
                      const at::Tensor& grad_input, const Conv2dShape& s, Activation act, bool allow_tf32) {
   check_int32_geometry(s);
   const int64_t vec = 16 / grad_output.element_size();
   GemmParams p = geometry_params(s);
-  p.M = s.batch * s.in_h * s.in_w;
   p.N = p.in_cg;
-  p.K = s.kernel_h * s.kernel_w * p.out_cg;
   p.a = grad_output.const_data_ptr();
   p.a_aux = act != Activation::None ? output.const_data_ptr() : nullptr;
   p.grad_activation = static_cast<int64_t>(act);
-  p.b = weight_ihwo.const_data_ptr();
   p.a_vec = p.out_cg % vec == 0 && is_aligned(p.a, 16) && (p.a_aux == nullptr || is_aligned(p.a_aux, 16));
-  p.b_vec = p.out_cg % vec == 0 && is_aligned(p.b, 16);
   p.ep.out = grad_input.data_ptr();
   p.ep.ldc = s.in_channels;
   p.ep.row_group_stride = 0;
   p.ep.col_group_stride = p.in_cg;
   p.ep.activation = 0;
+  p.ep.split_stride = grad_input.numel();  // one slice per K split, should a phase split K
   p.ep.pair_ok =
       s.in_channels % 2 == 0 && p.in_cg % 2 == 0 && is_aligned(p.ep.out, 2 * grad_output.element_size());
-  dispatch_gemm<GemmMode::kDgrad>(p, allow_tf32, grad_output, at::Tensor(), s);
+  const bool strided = s.stride_h > 1 || s.stride_w > 1;
+  for (int64_t py = 0; py < std::min(s.stride_h, s.in_h); ++py) {
+    const PhaseTaps th = phase_taps(s.kernel_h, s.stride_h, s.dilation_h, s.pad_h, py);
+    for (int64_t px = 0; px < std::min(s.stride_w, s.in_w); ++px) {
+      const PhaseTaps tw = phase_taps(s.kernel_w, s.stride_w, s.dilation_w, s.pad_w, px);
+      DgradPhase& d = p.dgrad;
+      d.rows_h = static_cast<int>(ceil_div(s.in_h - py, s.stride_h));
+      d.rows_w = static_cast<int>(ceil_div(s.in_w - px, s.stride_w));
+      d.taps_h = static_cast<int>(th.count);
+      d.taps_w = static_cast<int>(std::max<int64_t>(tw.count, 1));  // a divisor in the iterators' setup
+      d.oy0 = static_cast<int>((py + s.pad_h - th.first * s.dilation_h) / s.stride_h);
+      d.ox0 = static_cast<int>((px + s.pad_w - tw.first * s.dilation_w) / s.stride_w);
+      d.oy_step = static_cast<int>(th.step * s.dilation_h / s.stride_h);
+      d.ox_step = static_cast<int>(tw.step * s.dilation_w / s.stride_w);
+      p.M = s.batch * d.rows_h * d.rows_w;
+      p.K = th.count * tw.count * p.out_cg;
+      at::Tensor w = weight_ihwo;
+      if (p.K > 0 && (th.count != s.kernel_h || tw.count != s.kernel_w)) {
+        w = weight_ihwo.view({s.in_channels, s.kernel_h, s.kernel_w, p.out_cg})
+                .slice(1, th.first, s.kernel_h, th.step)
+                .slice(2, tw.first, s.kernel_w, tw.step)
+                .contiguous();
+      }
+      p.b = w.const_data_ptr();
+      p.b_vec = p.out_cg % vec == 0 && is_aligned(p.b, 16);
+      p.ep.phase = strided ? RowPhase{d.rows_h,
+                                      d.rows_w,
+                                      static_cast<int>(py),
+                                      static_cast<int>(px),
+                                      static_cast<int>(s.stride_h),
+                                      static_cast<int>(s.stride_w),
+                                      static_cast<int>(s.in_h),
+                                      static_cast<int>(s.in_w)}
+                           : RowPhase{};
+      dispatch_gemm<GemmMode::kDgrad>(p, allow_tf32, grad_output, at::Tensor(), s);
+    }
+  }
 }
 
 void conv_gemm_wgrad(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,

@@ -4,10 +4,12 @@
 //
 //   mode      M                 N              K                 A (gathered)          B
 //   forward   N*OH*OW pixels    OC/groups      KH*KW*Cg          input, (kh, kw, c)    weight [OC,KH,KW,Cg]
-//   dgrad     N*H*W pixels      C/groups       KH*KW*OCg         grad_out * act'(y)    weight [C,KH,KW,OCg]
+//   dgrad     N*H*W/phases      C/groups       taps*OCg          grad_out * act'(y)    weight [C,KH,KW,OCg]
 //   wgrad     OC/groups         KH*KW*Cg       N*OH*OW pixels    grad_out * act'(y)    input, (kh, kw, c)
 //
-// Forward and dgrad operands are contiguous along K ("K-major"): shared-memory tiles are [rows][BK].
+// dgrad runs one GEMM per stride phase of grad_input (stride_h * stride_w of them, one at stride 1) over
+// only the taps that reach the phase's pixels, so no MMA multiplies the zeros a strided dgrad would
+// otherwise gather. Forward and dgrad operands are contiguous along K ("K-major"): shared-memory tiles are [rows][BK].
 // Wgrad operands are contiguous along M/N ("MN-major"): tiles are [BK][rows]. Either way a thread moves
 // 16-byte chunks along the contiguous dimension. The math is warp-level mma.sync (fp16/bf16 m16n8k16,
 // tf32 m16n8k8, fp32 accumulate) or, for fp64 and exact fp32, a 4x4-per-thread FMA tile.

@@ -38,8 +38,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) conv_gemm_kernel(const __gri
   const int64_t kt_begin = split * p.k_tiles_per_split;
   const int64_t kt_end = k_tiles < kt_begin + p.k_tiles_per_split ? k_tiles : kt_begin + p.k_tiles_per_split;
 
-  typename Traits::LoaderA load_a(p, m0, g, tid);
-  typename Traits::LoaderB load_b(p, n0, g, tid);
+  typename Traits::LoaderA load_a(p, m0, g, tid, kt_begin * kBK);
+  typename Traits::LoaderB load_b(p, n0, g, tid, kt_begin * kBK);
   WarpTile tile(tid);
   run_pipeline<Traits>(load_a, load_b, smem, kt_begin, kt_end, tile);
   tile.store(p, m0, n0, g, split);

@@ -13,11 +13,13 @@
 namespace fastcnn {
 namespace cuda {
 
-// Tensor-core tile: kBM x kBN per block, kWarpsM x kWarpsN warps, BK = 64 bytes of K per stage.
-template <typename T, int kBM_, int kBN_, int kWarpsM_, int kWarpsN_>
+// Tensor-core tile: kBM x kBN per block, kWarpsM x kWarpsN warps, BK = 64 bytes of K per stage, kStages
+// K tiles in flight in shared memory (mainloop.cuh).
+template <typename T, int kBM_, int kBN_, int kWarpsM_, int kWarpsN_, int kStages_>
 struct MmaConfig {
   static constexpr bool kUseMma = true;
   static constexpr int kBM = kBM_, kBN = kBN_, kWarpsM = kWarpsM_, kWarpsN = kWarpsN_;
+  static constexpr int kStages = kStages_;
   static constexpr int kBK = 64 / static_cast<int>(sizeof(T));
   static constexpr int kThreads = kWarpsM * kWarpsN * 32;
   static constexpr int kWarpM = kBM / kWarpsM, kWarpN = kBN / kWarpsN;
@@ -27,6 +29,7 @@ struct MmaConfig {
   static_assert(sizeof(T) == 2 || std::is_same_v<T, float>, "tensor-core tiles take 16-bit or fp32 (tf32)");
   static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "warp tiles are whole 16x16 blocks (ldmatrix x4 on B)");
   static_assert(kBK % kMmaK == 0, "BK must hold whole mma K steps");
+  static_assert(kStages >= 2, "the mainloop overlaps at least one K tile with the math");
 };
 
 // CUDA-core tile for fp64 and exact fp32: 64x64 per block, 16x16 threads, 4x4 outputs each.
@@ -37,6 +40,7 @@ struct FmaConfig {
   static constexpr int kBK = 64 / static_cast<int>(sizeof(T));
   static constexpr int kThreads = 256;
   static constexpr int kThreadM = 4, kThreadN = 4;
+  static constexpr int kStages = 3;
   static_assert(kBM == 16 * kThreadM && kBN == 16 * kThreadN, "16x16 threads cover the tile");
 };
 
@@ -80,8 +84,9 @@ struct GemmKernelTraits {
                     std::is_same_v<typename LoaderB::Tile, TileB>,
                 "loaders fill the kernel's tiles");
   static constexpr int kBK = Cfg::kBK;
+  static constexpr int kStages = Cfg::kStages;
   static constexpr int kStageElems = TileA::kElems + TileB::kElems;
-  static constexpr size_t kSmemBytes = 2 * kStageElems * sizeof(T);
+  static constexpr size_t kSmemBytes = static_cast<size_t>(kStages) * kStageElems * sizeof(T);
 };
 
 }  // namespace cuda

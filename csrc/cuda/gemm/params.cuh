@@ -6,12 +6,25 @@
 #include <cstdint>
 
 #include "cuda/common/conv_geometry.cuh"
+#include "cuda/common/helpers.cuh"
 #include "cuda/gemm/epilogue.cuh"
 
 namespace fastcnn {
 namespace cuda {
 
 enum class GemmMode : int { kForward = 0, kDgrad = 1, kWgrad = 2 };
+
+// dgrad runs one GEMM per stride phase of grad_input (gemm.cu): the phase's input pixels
+// (phase_y + yq * stride_h, phase_x + xq * stride_w) form a rows_h x rows_w plane per sample, and only the
+// taps kh = kh_first + j * kh_step (kw likewise) reach them from an output pixel, at
+// oy = yq + oy0 - j * oy_step exactly; the other taps would multiply zeros. Stride 1 has one phase
+// holding every pixel and tap (oy0 = pad, oy_step = dilation).
+struct DgradPhase {
+  int rows_h, rows_w;  // the phase's pixels per sample
+  int taps_h, taps_w;  // its taps per kernel axis: K = taps_h * taps_w * OCg
+  int oy0, ox0;        // output pixel read at (yq, xq) = 0 through the phase's first tap
+  int oy_step, ox_step;
+};
 
 // Geometry of one implicit GEMM (the convolution's in ConvGeometry32). Spatial sizes, channel counts and per-group K of forward/dgrad fit in
 // int32 (checked by the host); pixel counts (M of forward/dgrad, K of wgrad) and all offsets are int64.
@@ -28,20 +41,9 @@ struct GemmParams : ConvGeometry32 {
   const void* b;              // forward: weight [OC,KH,KW,Cg]; dgrad: weight [C,KH,KW,OCg]; wgrad: input
   int64_t grad_activation;    // activation whose derivative scales A as it is loaded (dgrad, wgrad)
   bool a_vec, b_vec;          // the operand may be moved in aligned 16-byte chunks
+  DgradPhase dgrad;           // dgrad only
   EpilogueParams ep;
 };
-
-// q = a / b, r = a % b for non-negative a, with the cheaper 32-bit division whenever a fits.
-__device__ __forceinline__ void divmod_nonneg(int64_t a, int b, int64_t& q, int& r) {
-  if (a <= INT32_MAX) {
-    const int a32 = static_cast<int>(a);
-    q = a32 / b;
-    r = a32 - static_cast<int>(q) * b;
-  } else {
-    q = a / b;
-    r = static_cast<int>(a - q * b);
-  }
-}
 
 }  // namespace cuda
 }  // namespace fastcnn

@@ -1,7 +1,8 @@
 // Moves one operand tile (kRows x kBK) of the GEMM core from global to shared memory, whatever the
 // operand: the Iterator (tile_iterators.cuh) says where each element comes from. Thread `tid` owns
 // kChunks chunks of kVec elements along the contiguous dimension, on lines line0, line0 + kLineStep, ...
-// (a line is a tile row when K-major, a k when MN-major). A tile is requested with issue() (cp.async
+// (a line is a tile row when K-major, a k when MN-major). Tiles are requested in K order from the one at
+// k_begin, one issue() per tile (cp.async
 // straight into shared memory when the chunk is aligned and needs no arithmetic, otherwise predicated
 // loads into registers) and, on the register path, written with store(), which applies act'(y) to
 // grad_output on the way.
@@ -62,14 +63,15 @@ struct TileLoader {
   uint4 stage[kChunks];
   uint4 stage_aux[kGradOperand ? kChunks : 1];
 
-  __device__ TileLoader(const GemmParams& params, int64_t row_tile0, int g, int tid) : p(params) {
+  __device__ TileLoader(const GemmParams& params, int64_t row_tile0, int g, int tid, int64_t k_begin)
+      : p(params) {
     src = static_cast<const T*>(kIsA ? p.a : p.b);
     aux = kGradOperand && p.grad_activation != 0 ? static_cast<const T*>(p.a_aux) : nullptr;
     vec = kIsA ? p.a_vec : p.b_vec;
     use_async = vec && aux == nullptr && has_cp_async();
     origin.contig0 = (tid % kChunksPerLine) * kVec;
     origin.line0 = tid / kChunksPerLine;
-    iter.init(p, row_tile0, origin, g);
+    iter.init(p, row_tile0, origin, g, k_begin, kBK);
   }
 
   __device__ __forceinline__ int smem_offset(int i) const {
@@ -77,15 +79,15 @@ struct TileLoader {
     return kKMajor ? Tile::offset(line, origin.contig0) : Tile::offset(origin.contig0, line);
   }
 
-  // Requests the tile at k0: cp.async into `smem`, or loads into registers for store() to write later.
-  __device__ __forceinline__ void issue(T* smem, int64_t k0) {
+  // Requests the next K tile: cp.async into `smem`, or loads into registers for store() to write later.
+  __device__ __forceinline__ void issue(T* smem) {
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
       if (vec) {
         // With vec set, the host guaranteed that a chunk never straddles a (kh, kw) tap, a group or a
         // tensor edge, so element 0 decides for the whole chunk.
         int64_t off = 0;
-        const bool ok = iter.source(p, i, k0, 0, off);
+        const bool ok = iter.source(p, i, 0, off);
         if (use_async) {
           cp_async_16(smem + smem_offset(i), ok ? src + off : src, ok);
         } else {
@@ -100,7 +102,7 @@ struct TileLoader {
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
           int64_t off = 0;
-          const bool ok = iter.source(p, i, k0, e, off);
+          const bool ok = iter.source(p, i, e, off);
           vals[e] = ok ? src[off] : static_cast<T>(0.f);
           if constexpr (kGradOperand) {
             if (aux != nullptr) aux_vals[e] = ok ? aux[off] : static_cast<T>(0.f);
@@ -108,6 +110,7 @@ struct TileLoader {
         }
       }
     }
+    iter.advance(p, kBK);
   }
 
   // Writes the registers of the last issue() to `smem`, applying act'(y) to grad_output on the way.

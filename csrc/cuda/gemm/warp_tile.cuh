@@ -104,13 +104,15 @@ struct MmaWarpTile {
   __device__ __forceinline__ void store(const GemmParams& p, int64_t m0, int n0, int g, int split) const {
 #pragma unroll
     for (int mi = 0; mi < kFragM; ++mi) {
+      const int64_t row = m0 + wm0 + mi * 16 + lane_g;
+      const int64_t off_lo = epilogue_row_offset(p.ep, p.M, g, row);
+      const int64_t off_hi = epilogue_row_offset(p.ep, p.M, g, row + 8);
 #pragma unroll
       for (int ni = 0; ni < kFragN; ++ni) {
-        const int64_t row = m0 + wm0 + mi * 16 + lane_g;
         const int col = n0 + wn0 + ni * 8 + 2 * lane_t;
-        epilogue_store<T, acc_t, Traits::kToWorkspace>(p.ep, p.M, p.N, g, split, row, col, acc[mi][ni][0],
+        epilogue_store<T, acc_t, Traits::kToWorkspace>(p.ep, p.N, g, split, off_lo, col, acc[mi][ni][0],
                                                        acc[mi][ni][1], true);
-        epilogue_store<T, acc_t, Traits::kToWorkspace>(p.ep, p.M, p.N, g, split, row + 8, col, acc[mi][ni][2],
+        epilogue_store<T, acc_t, Traits::kToWorkspace>(p.ep, p.N, g, split, off_hi, col, acc[mi][ni][2],
                                                        acc[mi][ni][3], true);
       }
     }
@@ -153,11 +155,13 @@ struct FmaThreadTile {
 
   __device__ __forceinline__ void store(const GemmParams& p, int64_t m0, int n0, int g, int split) const {
 #pragma unroll
-    for (int i = 0; i < kTM; ++i)
+    for (int i = 0; i < kTM; ++i) {
+      const int64_t off = epilogue_row_offset(p.ep, p.M, g, m0 + ty + 16 * i);
 #pragma unroll
       for (int j = 0; j < kTN; ++j)
-        epilogue_store<T, acc_t, Traits::kToWorkspace>(p.ep, p.M, p.N, g, split, m0 + ty + 16 * i,
-                                                       n0 + tx + 16 * j, acc[i][j], acc_t(0), false);
+        epilogue_store<T, acc_t, Traits::kToWorkspace>(p.ep, p.N, g, split, off, n0 + tx + 16 * j, acc[i][j],
+                                                       acc_t(0), false);
+    }
   }
 };
 
