@@ -117,15 +117,18 @@ def parse_ptxas(log: str) -> dict[str, dict]:
 
 def ptx_divisions(ptx: str) -> dict[str, dict[str, int]]:
     """Mangled entry name -> integer div/rem instructions in its PTX, 32- and 64-bit: in the whole kernel
-    and in its mainloop, taken as the text from the first barrier to the last shared-memory read (the
-    multiply; the setup comes before, the epilogue after and neither reads shared memory)."""
+    and in its mainloop, taken as the text from the first barrier (the setup comes before it) to the end
+    of the multiply (the epilogue comes after it)."""
     counts: dict[str, dict[str, int]] = {}
     entries = [(m.start(), m.group(1)) for m in re.finditer(r"\.entry\s+(\w+)\(", ptx)]
     for i, (start, name) in enumerate(entries):
         body = ptx[start : entries[i + 1][0] if i + 1 < len(entries) else len(ptx)]
         barrier = body.find("bar.sync")
-        last_read = max(body.rfind("ldmatrix"), body.rfind("ld.shared"))
-        loop = body[barrier:last_read] if 0 <= barrier < last_read else ""
+        # the multiply ends the loop's text: its last mma.sync (the staged epilogue after it reads shared
+        # memory too), or for the FMA tiles, which stage nothing, the last shared-memory read
+        last_mma = body.rfind("mma.sync")
+        end = last_mma if last_mma >= 0 else body.rfind("ld.shared")
+        loop = body[barrier:end] if 0 <= barrier < end else ""
         division = r"\b(?:div|rem)\.(?:s|u)(32|64)\b"
         ops, loop_ops = re.findall(division, body), re.findall(division, loop)
         counts[name] = {

@@ -121,7 +121,7 @@ __global__ void reduce_split_partials_kernel(const EpilogueParams ep, const acc_
     const int64_t off = epilogue_row_offset(ep, M, g, row);
     acc_t sum = 0;
     for (int64_t s = 0; s < splits; ++s) sum += partials[s * ep.split_stride + off + col];
-    epilogue_store<T, acc_t, false>(ep, N, g, 0, off, col, sum, acc_t(0), false);
+    epilogue_store<T, acc_t, false>(ep, N, g, 0, off, col, sum);
   }
 }
 
@@ -159,7 +159,7 @@ void launch_gemm(GemmParams p, const at::Tensor& like, const at::Tensor& grad_we
     workspace = at::empty({splits * slice}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     p.ep.out = workspace.data_ptr();
     p.ep.split_stride = slice;
-    p.ep.pair_ok = p.N % 2 == 0;
+    p.ep.raw_vec_ok = p.N % kVecWidth<acc_t> == 0 && slice % kVecWidth<acc_t> == 0;
   } else {
     // Fewer blocks than two waves: split K too, into acc_t partials that one more kernel adds up.
     const int64_t splits = blocks < 2 * sm_count ? choose_k_splits(blocks, k_tiles, p.groups, sm_count) : 1;
@@ -170,7 +170,8 @@ void launch_gemm(GemmParams p, const at::Tensor& like, const at::Tensor& grad_we
                             like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
       p.ep.out = workspace.data_ptr();
       p.ep.to_partials = true;
-      p.ep.pair_ok = final_ep.pair_ok && p.ep.split_stride % 2 == 0;
+      constexpr int64_t kV = kVecWidth<acc_t>;
+      p.ep.raw_vec_ok = p.ep.ldc % kV == 0 && p.ep.col_group_stride % kV == 0 && p.ep.split_stride % kV == 0;
     }
   }
   TORCH_CHECK(static_cast<int64_t>(p.groups) * p.splits <= 65535, "fastcnn: too many groups (", p.groups,
@@ -275,11 +276,10 @@ void conv_gemm_forward(const at::Tensor& input, const at::Tensor& weight_ohwi, c
   p.ep.row_group_stride = 0;
   p.ep.col_group_stride = p.out_cg;
   p.ep.activation = static_cast<int64_t>(act);
-  const size_t pair_bytes = 2 * input.element_size();
   p.ep.split_stride = output.numel();  // one slice per K split, should the launch split K
-  p.ep.pair_ok = s.out_channels % 2 == 0 && p.out_cg % 2 == 0 && is_aligned(p.ep.out, pair_bytes) &&
-                 (p.ep.bias == nullptr || is_aligned(p.ep.bias, pair_bytes)) &&
-                 (p.ep.residual == nullptr || is_aligned(p.ep.residual, pair_bytes));
+  p.ep.vec_ok = s.out_channels % vec == 0 && p.out_cg % vec == 0 && is_aligned(p.ep.out, 16) &&
+                (p.ep.bias == nullptr || is_aligned(p.ep.bias, 16)) &&
+                (p.ep.residual == nullptr || is_aligned(p.ep.residual, 16));
   dispatch_gemm<GemmMode::kForward>(p, allow_tf32, input, at::Tensor(), s);
 }
 
@@ -320,8 +320,7 @@ void conv_gemm_dgrad(const at::Tensor& grad_output, const at::Tensor& output, co
   p.ep.col_group_stride = p.in_cg;
   p.ep.activation = 0;
   p.ep.split_stride = grad_input.numel();  // one slice per K split, should a phase split K
-  p.ep.pair_ok =
-      s.in_channels % 2 == 0 && p.in_cg % 2 == 0 && is_aligned(p.ep.out, 2 * grad_output.element_size());
+  p.ep.vec_ok = s.in_channels % vec == 0 && p.in_cg % vec == 0 && is_aligned(p.ep.out, 16);
   const bool strided = s.stride_h > 1 || s.stride_w > 1;
   for (int64_t py = 0; py < std::min(s.stride_h, s.in_h); ++py) {
     const PhaseTaps th = phase_taps(s.kernel_h, s.stride_h, s.dilation_h, s.pad_h, py);
@@ -378,7 +377,7 @@ void conv_gemm_wgrad(const at::Tensor& grad_output, const at::Tensor& output, co
   p.ep.ldc = p.N;
   p.ep.row_group_stride = p.M;
   p.ep.col_group_stride = 0;
-  p.ep.activation = 0;  // workspace, output, split stride and pairing are set with the split count
+  p.ep.activation = 0;  // workspace, output, split stride and vector flag are set with the split count
   dispatch_gemm<GemmMode::kWgrad>(p, allow_tf32, grad_output, grad_weight, s);
 }
 

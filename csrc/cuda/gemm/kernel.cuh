@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) conv_gemm_kernel(const __gri
   typename Traits::LoaderB load_b(p, n0, g, tid, kt_begin * kBK);
   WarpTile tile(tid);
   run_pipeline<Traits>(load_a, load_b, smem, kt_begin, kt_end, tile);
-  tile.store(p, m0, n0, g, split);
+  tile.store(p, m0, n0, g, split, smem_raw);
 }
 
 }  // namespace cuda

@@ -3,6 +3,8 @@
 // configuration in gemm.cu (tile choice, see benchmarks/NOTES.md for why).
 #pragma once
 
+#include <ATen/OpMathType.h>
+
 #include <cstddef>
 #include <type_traits>
 
@@ -86,7 +88,11 @@ struct GemmKernelTraits {
   static constexpr int kBK = Cfg::kBK;
   static constexpr int kStages = Cfg::kStages;
   static constexpr int kStageElems = TileA::kElems + TileB::kElems;
-  static constexpr size_t kSmemBytes = static_cast<size_t>(kStages) * kStageElems * sizeof(T);
+  // The tensor-core epilogue stages the block's acc_t C tile in the same shared memory.
+  static constexpr size_t kPipelineBytes = static_cast<size_t>(kStages) * kStageElems * sizeof(T);
+  static constexpr size_t kStagedCBytes =
+      Cfg::kUseMma ? static_cast<size_t>(Cfg::kBM) * kStagedPitch<Cfg::kBN> * sizeof(at::opmath_type<T>) : 0;
+  static constexpr size_t kSmemBytes = kPipelineBytes > kStagedCBytes ? kPipelineBytes : kStagedCBytes;
 };
 
 }  // namespace cuda

@@ -22,10 +22,11 @@ struct MmaWarpTile {
   using TileB = typename Traits::TileB;
   static constexpr int kFragM = Cfg::kFragM, kFragN = Cfg::kFragN;
 
-  int lane, wm0, wn0, lane_g, lane_t;
+  int tid, lane, wm0, wn0, lane_g, lane_t;
   float acc[kFragM][kFragN][4];
 
-  __device__ explicit MmaWarpTile(int tid) {
+  __device__ explicit MmaWarpTile(int thread) {
+    tid = thread;
     lane = tid % 32;
     const int warp = tid / 32;
     wm0 = (warp / Cfg::kWarpsN) * Cfg::kWarpM;
@@ -100,22 +101,30 @@ struct MmaWarpTile {
     }
   }
 
-  // Accumulator fragment (mi, ni) holds rows g and g + 8, columns 2t and 2t + 1 of its 16x8 block.
-  __device__ __forceinline__ void store(const GemmParams& p, int64_t m0, int n0, int g, int split) const {
+  // Accumulator fragment (mi, ni) holds rows g and g + 8, columns 2t and 2t + 1 of its 16x8 block. The
+  // block's C tile goes through shared memory (the pipeline's stages, free once every thread has left
+  // the mainloop) and leaves in 16-byte chunks (epilogue_store_tile).
+  __device__ __forceinline__ void store(const GemmParams& p, int64_t m0, int n0, int g, int split,
+                                        void* smem) const {
+    constexpr int kPitch = kStagedPitch<Cfg::kBN>;
+    acc_t* const tile = static_cast<acc_t*>(smem);
+    cp_async_wait<0>();
+    __syncthreads();
 #pragma unroll
     for (int mi = 0; mi < kFragM; ++mi) {
-      const int64_t row = m0 + wm0 + mi * 16 + lane_g;
-      const int64_t off_lo = epilogue_row_offset(p.ep, p.M, g, row);
-      const int64_t off_hi = epilogue_row_offset(p.ep, p.M, g, row + 8);
+      const int row = wm0 + mi * 16 + lane_g;
 #pragma unroll
       for (int ni = 0; ni < kFragN; ++ni) {
-        const int col = n0 + wn0 + ni * 8 + 2 * lane_t;
-        epilogue_store<T, acc_t, Traits::kToWorkspace>(p.ep, p.N, g, split, off_lo, col, acc[mi][ni][0],
-                                                       acc[mi][ni][1], true);
-        epilogue_store<T, acc_t, Traits::kToWorkspace>(p.ep, p.N, g, split, off_hi, col, acc[mi][ni][2],
-                                                       acc[mi][ni][3], true);
+        const int col = wn0 + ni * 8 + 2 * lane_t;
+        tile[row * kPitch + col] = acc[mi][ni][0];
+        tile[row * kPitch + col + 1] = acc[mi][ni][1];
+        tile[(row + 8) * kPitch + col] = acc[mi][ni][2];
+        tile[(row + 8) * kPitch + col + 1] = acc[mi][ni][3];
       }
     }
+    __syncthreads();
+    epilogue_store_tile<T, acc_t, Traits::kToWorkspace, Cfg::kBM, Cfg::kBN, Cfg::kThreads>(
+        p.ep, p.M, p.N, g, split, m0, n0, tile, tid);
   }
 };
 
@@ -153,14 +162,14 @@ struct FmaThreadTile {
     }
   }
 
-  __device__ __forceinline__ void store(const GemmParams& p, int64_t m0, int n0, int g, int split) const {
+  __device__ __forceinline__ void store(const GemmParams& p, int64_t m0, int n0, int g, int split,
+                                        void*) const {
 #pragma unroll
     for (int i = 0; i < kTM; ++i) {
       const int64_t off = epilogue_row_offset(p.ep, p.M, g, m0 + ty + 16 * i);
 #pragma unroll
       for (int j = 0; j < kTN; ++j)
-        epilogue_store<T, acc_t, Traits::kToWorkspace>(p.ep, p.N, g, split, off, n0 + tx + 16 * j, acc[i][j],
-                                                       acc_t(0), false);
+        epilogue_store<T, acc_t, Traits::kToWorkspace>(p.ep, p.N, g, split, off, n0 + tx + 16 * j, acc[i][j]);
     }
   }
 };
