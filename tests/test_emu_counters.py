@@ -242,3 +242,36 @@ def test_small_forward_and_dgrad_split_k_and_match_torch(counting):
     reduces = [r_ for r_ in records if "reduce_split_partials_kernel" in r_["kernel"]]
     # phase taps 1, 2, 2, 4 x 64 channels = 2, 4, 4, 8 K tiles: split when >= 8 (4 per split)
     assert [g_["grid"][2] for g_ in gemms] == [1, 1, 1, 2] and len(reduces) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_big_tiles_on_a_one_sm_device_match_torch(counting, dtype):
+    # On a one-SM device a 128-channel conv's GEMMs fill the machine with 128x128 tiles in every pass:
+    # the 4-stage pipeline and the 64 KB staged C tile that small test shapes never reach otherwise.
+    arch, sms, _ = emu.properties()
+    c, oc, h = 128, 128, 16
+    x = (torch.rand(1, c, h, h) - 0.5).to(dtype).contiguous(memory_format=torch.channels_last)
+    wt = (torch.rand(oc, c, 3, 3) - 0.5).to(dtype).div(8).contiguous(memory_format=torch.channels_last)
+    b = (torch.rand(oc) - 0.5).to(dtype)
+    r = (torch.rand(1, oc, h, h) - 0.5).to(dtype).contiguous(memory_format=torch.channels_last)
+    gy = (torch.rand(1, oc, h, h) - 0.5).to(dtype).contiguous(memory_format=torch.channels_last)
+    tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        emu.configure(arch, 1, -1)
+        torch.backends.cudnn.allow_tf32 = True
+        y = torch.ops.fastcnn.conv2d(x, wt, b, [1, 1], [1, 1], [1, 1], 1, 1, r)
+        gx, gw, _ = torch.ops.fastcnn.conv2d_backward(
+            gy, x, wt, None, [1, 1], [1, 1], [1, 1], 1, 0, [True, True, False]
+        )
+    finally:
+        emu.configure(arch, sms, -1)
+        torch.backends.cudnn.allow_tf32 = tf32
+    kernels = [r_["kernel"] for r_ in counting() if "conv_gemm_kernel" in r_["kernel"]]
+    assert len(kernels) == 3 and all("128, 128, 2, 4, 4>" in k for k in kernels), kernels
+    xr, wr = x.double().requires_grad_(), wt.double().requires_grad_()
+    ref = torch.relu(torch.nn.functional.conv2d(xr, wr, b.double(), padding=1) + r.double())
+    torch.nn.functional.conv2d(xr, wr, padding=1).backward(gy.double())
+    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype != torch.float32 else {"rtol": 2e-3, "atol": 2e-3}
+    for got, want in ((y, ref), (gx, xr.grad), (gw, wr.grad)):
+        assert not torch.isnan(got).any()
+        torch.testing.assert_close(got.double(), want, **tol)
