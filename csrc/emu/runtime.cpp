@@ -737,12 +737,21 @@ DeviceProperties device_properties() {
   return DeviceProperties{s.arch, s.sm_count, max_shared_optin_for(s.arch)};
 }
 
+namespace {
+std::atomic<uint64_t> g_configuration_generation{0};
+}  // namespace
+
 void configure(int arch, int sm_count, int64_t seed) {
   std::lock_guard<std::mutex> lock(launch_mutex());
   Settings& s = settings();
   if (arch > 0) s.arch = arch;
   if (sm_count > 0) s.sm_count = sm_count;
   if (seed >= 0) s.seed = static_cast<uint64_t>(seed);
+  g_configuration_generation.fetch_add(1, std::memory_order_relaxed);
+}
+
+uint64_t configuration_generation() {
+  return g_configuration_generation.load(std::memory_order_relaxed);
 }
 
 void set_ablation(const std::string& site) {

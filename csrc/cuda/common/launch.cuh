@@ -50,10 +50,19 @@ constexpr int kBlockThreads = 256;
 constexpr int kWarpSize = 32;
 
 // An attribute of the current device, queried once per device and attribute. (ATen's CUDAContext.h would
-// give them too, but pulls in the cuBLAS/cuSPARSE headers, which not every toolkit install ships.)
+// give them too, but pulls in the cuBLAS/cuSPARSE headers, which not every toolkit install ships.) The
+// emulated device can be reconfigured (torch.ops.fastcnn_emu.configure: another SM count or compute
+// capability), after which its attributes are queried afresh.
 template <cudaDeviceAttr kAttr>
 int64_t cached_device_attribute() {
   static std::atomic<int> cached[256] = {};
+#if FASTCNN_CUDA_EMU
+  static std::atomic<uint64_t> seen_generation{0};
+  const uint64_t generation = ::fastcnn::emu::configuration_generation();
+  if (seen_generation.exchange(generation, std::memory_order_relaxed) != generation) {
+    for (auto& c : cached) c.store(0, std::memory_order_relaxed);
+  }
+#endif
   const int device = c10::cuda::current_device();
   TORCH_INTERNAL_ASSERT(device >= 0 && device < 256, "fastcnn: unexpected CUDA device index ", device);
   int value = cached[device].load(std::memory_order_relaxed);

@@ -113,6 +113,8 @@ struct Site {
 };
 
 cudaError_t device_get_attribute(int* value, cudaDeviceAttr attr, int device);
+// Bumped by every configure(): the emulated device's attributes may have changed since.
+uint64_t configuration_generation();
 cudaError_t func_set_attribute(const void* func, cudaFuncAttribute attr, int value);
 cudaError_t get_last_error();
 const char* error_string(cudaError_t error);
