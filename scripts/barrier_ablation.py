@@ -30,13 +30,14 @@ CSRC = ROOT / "csrc"
 # The tests that exercise each kernel file.
 TESTS = {
     "cuda/gemm/mainloop.cuh": ["tests/test_conv2d.py", "tests/test_linear.py"],
+    "cuda/gemm/warp_tile.cuh": ["tests/test_conv2d.py", "tests/test_linear.py", "tests/test_emu_counters.py"],
     "cuda/gemm/gemm.cu": ["tests/test_conv2d.py", "tests/test_linear.py"],
     "cuda/conv2d.cu": ["tests/test_conv2d.py", "tests/test_linear.py"],
     "cuda/conv2d_depthwise.cu": ["tests/test_conv2d.py"],
     "cuda/max_pool2d.cu": ["tests/test_max_pool2d.py", "tests/test_determinism.py"],
     "cuda/adaptive_avg_pool2d.cu": ["tests/test_adaptive_avg_pool2d.py"],
 }
-SITE_PATTERN = re.compile(r"\b(__syncthreads\(\)|__syncwarp\(|cp_async_wait_all\(\))")
+SITE_PATTERN = re.compile(r"\b(__syncthreads\(\)|__syncwarp\(|cp_async_wait<[^>]*>\(\))")
 
 
 def find_sites() -> list[tuple[str, str]]:

@@ -143,7 +143,7 @@ __global__ void cp_async_test_kernel(const uint32_t* src, uint32_t* out) {
   const int lane = threadIdx.x;
   cuda::cp_async_16(smem + lane * 4, src + lane * 4, lane % 3 != 2);
   cuda::cp_async_commit();
-  cuda::cp_async_wait_all();
+  cuda::cp_async_wait<0>();
   __syncthreads();
   for (int i = 0; i < 4; ++i) out[lane * 4 + i] = smem[((lane + 1) % 32) * 4 + i];
 }

@@ -52,9 +52,6 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool v
 __device__ __forceinline__ void cp_async_commit(FASTCNN_EMU_SITE_ARGS) {
   ::fastcnn::emu::cp_async_commit(FASTCNN_EMU_SITE);
 }
-__device__ __forceinline__ void cp_async_wait_all(FASTCNN_EMU_SITE_ARGS) {
-  ::fastcnn::emu::cp_async_wait(0, FASTCNN_EMU_SITE);
-}
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait(FASTCNN_EMU_SITE_ARGS) {
   ::fastcnn::emu::cp_async_wait(kPending, FASTCNN_EMU_SITE);
@@ -131,12 +128,6 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool v
 __device__ __forceinline__ void cp_async_commit() {
 #if FASTCNN_HAS_SM80_PTX
   asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void cp_async_wait_all() {
-#if FASTCNN_HAS_SM80_PTX
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 #endif
 }
 

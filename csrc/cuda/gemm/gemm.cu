@@ -159,7 +159,6 @@ void launch_gemm(GemmParams p, const at::Tensor& like, const at::Tensor& grad_we
     workspace = at::empty({splits * slice}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     p.ep.out = workspace.data_ptr();
     p.ep.split_stride = slice;
-    p.ep.raw_vec_ok = p.N % kVecWidth<acc_t> == 0 && slice % kVecWidth<acc_t> == 0;
   } else {
     // Fewer blocks than two waves: split K too, into acc_t partials that one more kernel adds up.
     const int64_t splits = blocks < 2 * sm_count ? choose_k_splits(blocks, k_tiles, p.groups, sm_count) : 1;
@@ -170,10 +169,10 @@ void launch_gemm(GemmParams p, const at::Tensor& like, const at::Tensor& grad_we
                             like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
       p.ep.out = workspace.data_ptr();
       p.ep.to_partials = true;
-      constexpr int64_t kV = kVecWidth<acc_t>;
-      p.ep.raw_vec_ok = p.ep.ldc % kV == 0 && p.ep.col_group_stride % kV == 0 && p.ep.split_stride % kV == 0;
     }
   }
+  constexpr int64_t kV = kVecWidth<acc_t>;
+  p.ep.raw_vec_ok = p.ep.ldc % kV == 0 && p.ep.col_group_stride % kV == 0 && p.ep.split_stride % kV == 0;
   TORCH_CHECK(static_cast<int64_t>(p.groups) * p.splits <= 65535, "fastcnn: too many groups (", p.groups,
               ") for one launch");
 
@@ -194,12 +193,10 @@ void launch_gemm(GemmParams p, const at::Tensor& like, const at::Tensor& grad_we
                          s.kernel_w);
   } else {
     if (p.splits > 1) {
-      const int64_t count = static_cast<int64_t>(p.groups) * p.M * p.N;
-      const int threads = 256;
-      const int grid_blocks = static_cast<int>(std::min(ceil_div(count, threads), sm_count * 8));
       launch_kernel<reduce_split_partials_kernel<T, acc_t>>(
-          grid_blocks, threads, 0, c10::cuda::getCurrentCUDAStream(), final_ep,
-          workspace.const_data_ptr<acc_t>(), static_cast<int64_t>(p.splits), p.M, p.N, p.groups);
+          grid_for(static_cast<int64_t>(p.groups) * p.M * p.N), kBlockThreads, 0,
+          c10::cuda::getCurrentCUDAStream(), final_ep, workspace.const_data_ptr<acc_t>(),
+          static_cast<int64_t>(p.splits), p.M, p.N, p.groups);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
@@ -385,17 +382,14 @@ void reduce_weight_splits(const at::Tensor& partials, int64_t splits, int64_t sp
                           const at::Tensor& out, int64_t cg, int64_t kernel_h, int64_t kernel_w) {
   const int64_t count = out.numel();
   if (count == 0) return;
-  const int threads = 256;
-  const int64_t max_blocks = static_cast<int64_t>(current_sm_count()) * 8;
-  const int blocks = static_cast<int>(std::min(ceil_div(count, threads), max_blocks));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "fastcnn_reduce_splits", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     TORCH_CHECK(partials.scalar_type() == c10::CppTypeToScalarType<acc_t>::value,
                 "fastcnn: split workspace has dtype ", partials.scalar_type());
     launch_kernel<reduce_weight_splits_kernel<scalar_t, acc_t>>(
-        blocks, threads, 0, c10::cuda::getCurrentCUDAStream(), partials.const_data_ptr<acc_t>(),
-        out.mutable_data_ptr<scalar_t>(), count, splits, split_stride, static_cast<int>(cg),
-        static_cast<int>(kernel_h), static_cast<int>(kernel_w));
+        grid_for(count), kBlockThreads, 0, c10::cuda::getCurrentCUDAStream(),
+        partials.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), count, splits, split_stride,
+        static_cast<int>(cg), static_cast<int>(kernel_h), static_cast<int>(kernel_w));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -108,7 +108,8 @@ struct MmaWarpTile {
                                         void* smem) const {
     constexpr int kPitch = kStagedPitch<Cfg::kBN>;
     acc_t* const tile = static_cast<acc_t*>(smem);
-    cp_async_wait<0>();
+    // No cp.async is in flight here (the mainloop's groups past its last tile are empty); the barrier
+    // keeps the staging writes off the stages other warps may still be multiplying from.
     __syncthreads();
 #pragma unroll
     for (int mi = 0; mi < kFragM; ++mi) {
